@@ -1,0 +1,137 @@
+"""The serving graph: padded sparse features or tf.Examples in, merged top-k out.
+
+Everything here is stock TensorFlow ops, so TensorFlow Serving runs it as is. Large tensors
+(the class -> bucket table, the inverted index, the label names) are variables, assets and
+lookup tables, never graph constants, so a model of millions of classes stays far from the
+GraphDef's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mach_tf.config import MachConfig
+from mach_tf.inference import candidate_topk, exact_topk
+from mach_tf.model import MachModel, bucket_scores
+
+METHOD_NAME = "tensorflow/serving/predict"
+SERVING_DEFAULT = "serving_default"
+PREDICT_EXAMPLES = "predict_examples"
+OUTPUT_KEYS = ("label_ids", "scores", "labels")
+
+
+class DecoderState(tf.Module):
+    """The decoder's tables as variables (saved in ``variables/``, not in the graph)."""
+
+    def __init__(self, config: MachConfig, decoder: str, candidate_buckets: int):
+        super().__init__(name="mach_decoder")
+        family = config.hash_family
+        self.decoder = decoder
+        self.candidate_buckets = int(candidate_buckets)
+        self.config = config
+        self.prime = family.prime
+        if decoder == "exact":
+            self.table = tf.Variable(family.table(config.num_classes), trainable=False,
+                                     name="class_to_bucket")
+        else:
+            offsets, classes = family.inverted_index(config.num_classes)
+            self.offsets = tf.Variable(offsets, trainable=False, name="bucket_offsets")
+            self.classes = tf.Variable(classes.reshape(-1), trainable=False,
+                                       name="bucket_classes")
+            self.hash_a = tf.Variable(np.asarray(family.a, np.int64), trainable=False,
+                                      name="hash_a")
+            self.hash_b = tf.Variable(np.asarray(family.b, np.int64), trainable=False,
+                                      name="hash_b")
+
+    def topk(self, scores, k: int):
+        if self.decoder == "exact":
+            return exact_topk(scores, self.table, k)
+        c = self.config
+        return candidate_topk(scores, self.offsets, self.classes, self.hash_a, self.hash_b,
+                              c.num_buckets, c.num_classes, self.candidate_buckets, k,
+                              self.prime)
+
+
+def label_table(path: str) -> tf.lookup.StaticHashTable:
+    """Line number -> line text, from an asset file of one label name per line."""
+    init = tf.lookup.TextFileInitializer(
+        path, key_dtype=tf.int64, key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+        value_dtype=tf.string, value_index=tf.lookup.TextFileIndex.WHOLE_LINE)
+    return tf.lookup.StaticHashTable(init, default_value="")
+
+
+def validate_request(feature_ids, feature_values, num_features: int):
+    """Request checks that raise InvalidArgument instead of answering wrongly."""
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(feature_ids), tf.shape(feature_values),
+            message="feature_ids and feature_values must have the same shape [batch, n]"),
+        tf.debugging.assert_greater_equal(
+            feature_ids, tf.constant(-1, tf.int64),
+            message="feature_ids must be >= 0 (or -1 for padding)"),
+        tf.debugging.assert_less(
+            feature_ids, tf.constant(num_features, tf.int64),
+            message=f"feature_ids must be < num_features={num_features}"),
+        tf.debugging.assert_all_finite(
+            feature_values, message="feature_values must be finite (no NaN or Inf)"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(feature_ids), tf.identity(feature_values)
+
+
+def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
+                  candidate_buckets: int, label_names_path: str | None = None):
+    """A ``keras.export.ExportArchive`` with the ``serving_default`` and
+    ``predict_examples`` endpoints (see DESIGN.md for their tensors).
+
+    Args:
+        config: The run's config.
+        model: All R repetitions stacked in order ``0..R-1``.
+        top_k: Classes returned per query.
+        decoder: ``"exact"`` or ``"candidates"``.
+        candidate_buckets: m for candidate decoding.
+        label_names_path: A file of K label names (one per line), or ``None`` to return the
+            ids as strings.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    state = DecoderState(config, decoder, candidate_buckets)
+    archive.track(state)
+    table = None
+    if label_names_path is not None:
+        table = label_table(label_names_path)
+        archive.track(table)
+    num_features = config.num_features
+
+    def answer(feature_ids, feature_values):
+        feature_ids, feature_values = validate_request(feature_ids, feature_values,
+                                                       num_features)
+        logits = model({"feature_ids": feature_ids, "feature_values": feature_values},
+                       training=False)
+        scores = bucket_scores(logits, config.loss, config.merge)
+        top_scores, ids = state.topk(scores, top_k)
+        names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
+        return {"label_ids": ids, "scores": top_scores, "labels": names}
+
+    def serving_default(feature_ids, feature_values):
+        return answer(feature_ids, feature_values)
+
+    def predict_examples(examples):
+        parsed = tf.io.parse_example(examples, {
+            "feature_ids": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
+            "feature_values": tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)})
+        ids, vals = parsed["feature_ids"], parsed["feature_values"]
+        same = tf.debugging.assert_equal(
+            ids.row_lengths(), vals.row_lengths(),
+            message="each example needs as many feature_values as feature_ids")
+        with tf.control_dependencies([same]):
+            return answer(ids.to_tensor(default_value=-1), vals.to_tensor(default_value=0.0))
+
+    archive.add_endpoint(SERVING_DEFAULT, serving_default, input_signature=[
+        tf.TensorSpec([None, None], tf.int64, name="feature_ids"),
+        tf.TensorSpec([None, None], tf.float32, name="feature_values")])
+    archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=[
+        tf.TensorSpec([None], tf.string, name="examples")])
+    return archive

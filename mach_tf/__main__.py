@@ -1,0 +1,7 @@
+"""``python -m mach_tf`` is the ``mach-tf`` command."""
+
+import sys
+
+from mach_tf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,344 @@
+"""The ``mach-tf`` command. Each subcommand parses its arguments and calls one library
+function; all the work lives in the library.
+
+Exit codes: 0 success, 2 usage error, 1 failure (one line on stderr; the traceback only
+with ``--verbose``). With ``--json`` the last line on stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+from mach_tf.version import __version__
+
+EXAMPLES = {
+    "convert": """
+        examples:
+          mach-tf convert data/train.txt data/tfr/train --shards 4
+          mach-tf convert data/train.svm data/tfr/train --format libsvm --compression GZIP
+          mach-tf convert dirty.txt data/tfr/dirty --on-error skip   # skipped lines listed
+    """,
+    "synth": """
+        examples:
+          mach-tf synth data/synth --num-labels 5000 --train 50000 --test 5000
+          mach-tf synth data/synth --convert    # also writes data/synth/{train,test} TFRecords
+    """,
+    "train": """
+        examples:
+          mach-tf train --train data/tfr/train --model-dir runs/r1
+          mach-tf train --train data/tfr/train --valid data/tfr/valid --model-dir runs/r1 \\
+              --buckets 1024 --repetitions 16 --hidden 512 --epochs 10 --workers 2
+          # one worker of a scheduler array (index also read from TF_CONFIG,
+          # JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID):
+          mach-tf train --train data/tfr/train --model-dir runs/r1 --worker-index 3 --num-workers 8
+    """,
+    "export": """
+        examples:
+          mach-tf export --model-dir runs/r1 --output serving/mach
+          mach-tf export --model-dir runs/r1 --output serving/mach --top-k 20 \\
+              --label-names labels.txt --decoder candidates --candidate-buckets 16
+    """,
+    "evaluate": """
+        examples:
+          mach-tf evaluate --model runs/r1 --test data/tfr/test --json
+          mach-tf evaluate --model serving/mach --test data/tfr/test --k 1,3,5,10
+    """,
+    "predict": """
+        examples:
+          echo "0:1 17:0.5 42:2" | mach-tf predict --model serving/mach --top-k 5
+          tail -n +2 test.txt | mach-tf predict --model serving/mach/3 > predictions.jsonl
+    """,
+    "demo": """
+        examples:
+          mach-tf demo --json
+          mach-tf demo --workdir /tmp/mach-demo
+    """,
+}
+
+
+class UsageError(Exception):
+    """Bad arguments: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _sub(subparsers, name: str, help_: str, parents=()) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help_, description=help_, parents=list(parents),
+        epilog=textwrap.dedent(EXAMPLES.get(name, "")),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"cut-offs must be >= 1, got {text!r}")
+    return ks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mach-tf", description="MACH extreme classification for "
+                                            "TensorFlow/Keras.")
+    p.add_argument("--version", action="version", version=f"mach-tf {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true",
+                        help="print one JSON object as the last stdout line")
+    common.add_argument("--verbose", action="store_true",
+                        help="show full tracebacks on failure")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = _sub(sub, "convert", "Convert XMC or libsvm text into sharded TFRecords.", [common])
+    c.add_argument("input", help="text file (plain or gzip)")
+    c.add_argument("prefix", help="output prefix: PREFIX-0000i-of-0000N.tfrecord + "
+                                  "PREFIX.manifest.json")
+    c.add_argument("--format", choices=("xmc", "libsvm"), default="xmc")
+    c.add_argument("--shards", type=int, default=1)
+    c.add_argument("--compression", choices=("NONE", "GZIP"), default="NONE",
+                   type=str.upper)
+    c.add_argument("--num-features", type=int, help="feature dimension (libsvm)")
+    c.add_argument("--num-labels", type=int, help="label dimension (libsvm)")
+    c.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="fail on the first bad line, or skip and list bad lines")
+    c.add_argument("--progress", action="store_true", help="force the progress line")
+
+    s = _sub(sub, "synth", "Write synthetic XMC data (power-law labels, prototype "
+                           "features).", [common])
+    s.add_argument("directory", help="writes DIRECTORY/train.txt and DIRECTORY/test.txt")
+    s.add_argument("--num-labels", type=int, default=1000)
+    s.add_argument("--num-features", type=int, default=5000)
+    s.add_argument("--train", type=int, default=20000, dest="num_train")
+    s.add_argument("--test", type=int, default=2000, dest="num_test")
+    s.add_argument("--avg-labels", type=float, default=2.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--convert", action="store_true",
+                   help="also convert to DIRECTORY/train and DIRECTORY/test TFRecords")
+
+    t = _sub(sub, "train", "Train the MACH repetitions (this worker's share, or all with "
+                           "--workers).", [common])
+    t.add_argument("--train", required=True, help="training data prefix")
+    t.add_argument("--valid", help="validation data prefix")
+    t.add_argument("--model-dir", required=True, help="the run directory")
+    t.add_argument("--config", help="a config.json to start from (e.g. from 'mach-tf tune')")
+    t.add_argument("--buckets", type=int, help="B (default: from K)")
+    t.add_argument("--repetitions", type=int, help="R (default: from K)")
+    t.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--loss", choices=("softmax", "sigmoid"))
+    t.add_argument("--merge", choices=("prob", "logprob"))
+    t.add_argument("--feature-norm", choices=("l2", "none"))
+    t.add_argument("--group-size", type=int, help="repetitions per Keras model per worker")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--worker-index", type=int, help="this worker's index (scheduler mode)")
+    t.add_argument("--num-workers", type=int, help="number of workers (scheduler mode)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="start this many local worker processes")
+    t.add_argument("--launcher", choices=("local",), default="local")
+    t.add_argument("--threads", type=int, help="TensorFlow threads per worker")
+    t.add_argument("--report-json", action="store_true", help=argparse.SUPPRESS)
+    t.add_argument("--verbose-fit", type=int, default=2, help=argparse.SUPPRESS)
+
+    e = _sub(sub, "export", "Stitch a run into one SavedModel for TensorFlow Serving.", [common])
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--output", required=True, help="BASE/NAME; writes BASE/NAME/VERSION")
+    e.add_argument("--version", type=int, dest="model_version")
+    e.add_argument("--top-k", type=int, default=10)
+    e.add_argument("--label-names", help="file with one label name per line")
+    e.add_argument("--decoder", choices=("auto", "exact", "candidates"), default="auto")
+    e.add_argument("--candidate-buckets", type=int, default=10, help="m (candidates decoder)")
+    e.add_argument("--no-verify", action="store_true",
+                   help="skip loading the export back and checking it")
+
+    v = _sub(sub, "evaluate", "P@k and nDCG@k of a run or an export on test data.", [common])
+    v.add_argument("--model", required=True, help="run directory or export")
+    v.add_argument("--test", required=True, help="test data prefix")
+    v.add_argument("--k", type=_ks, default=[1, 3, 5], help="cut-offs, e.g. 1,3,5")
+    v.add_argument("--decoder", choices=("auto", "exact", "candidates"), default="auto")
+    v.add_argument("--candidate-buckets", type=int, default=10)
+    v.add_argument("--batch-size", type=int)
+
+    r = _sub(sub, "predict", "Query an export: XMC lines on stdin, JSON lines out.", [common])
+    r.add_argument("--model", required=True, help="export (BASE/NAME or BASE/NAME/VERSION)")
+    r.add_argument("--top-k", type=int, help="return at most this many (<= the export's)")
+    r.add_argument("--batch-size", type=int, default=256)
+
+    d = _sub(sub, "demo", "The whole pipeline end to end on built-in synthetic data.", [common])
+    d.add_argument("--workdir", default="demo-output")
+    d.add_argument("--small", action="store_true", help="a smaller, faster demo")
+    return p
+
+
+# -- commands ------------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_convert(a) -> dict:
+    from tfrecords_tools.convert import convert
+
+    m = convert(a.input, a.prefix, a.format, a.shards, a.compression, a.num_features,
+                a.num_labels, a.on_error, progress=True if a.progress else None, log=_log)
+    return {"prefix": a.prefix, "num_examples": m.num_examples,
+            "num_features": m.num_features, "num_labels": m.num_labels,
+            "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+
+
+def cmd_synth(a) -> dict:
+    from mach_tf.synthetic import SyntheticSpec, write_split
+
+    spec = SyntheticSpec(num_labels=a.num_labels, num_features=a.num_features,
+                         avg_labels=a.avg_labels, seed=a.seed)
+    train, test = write_split(a.directory, spec, a.num_train, a.num_test)
+    out = {"train": train, "test": test}
+    if a.convert:
+        from tfrecords_tools.convert import convert
+
+        for name, path in (("train", train), ("test", test)):
+            convert(path, os.path.join(a.directory, name))
+            out[f"{name}_prefix"] = os.path.join(a.directory, name)
+    return out
+
+
+_HPARAMS = {"buckets": "num_buckets", "repetitions": "num_repetitions",
+            "hidden": "hidden_units", "epochs": "epochs", "batch_size": "batch_size",
+            "learning_rate": "learning_rate", "dropout": "dropout", "loss": "loss",
+            "merge": "merge", "feature_norm": "feature_norm", "group_size": "group_size",
+            "seed": "seed"}
+
+
+def _train_config(a):
+    """The config asked for, or ``None`` to use the run's existing one."""
+    from mach_tf import rundir
+    from mach_tf.config import MachConfig
+    from mach_tf.train import config_for_data
+
+    overrides = {field: getattr(a, arg) for arg, field in _HPARAMS.items()
+                 if getattr(a, arg) is not None}
+    if a.config:
+        with open(a.config) as f:
+            base = MachConfig.from_json(f.read())
+        return base.replace(**overrides) if overrides else base
+    import tensorflow as tf
+
+    if not overrides and tf.io.gfile.exists(os.path.join(a.model_dir, rundir.CONFIG)):
+        return None
+    return config_for_data(a.train, **overrides)
+
+
+def cmd_train(a) -> dict:
+    from mach_tf import train as train_lib
+
+    if a.workers > 1 and (a.worker_index is not None or a.num_workers is not None):
+        raise UsageError("mach-tf train: use either --workers N (local processes) or "
+                         "--worker-index/--num-workers (one worker of N), not both")
+    train_lib.configure_threads(a.threads)
+    config = _train_config(a)
+    scheduled = a.worker_index is not None or a.num_workers is not None or any(
+        os.environ.get(v) for v in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"))
+    if scheduled:
+        report = train_lib.train_worker(a.model_dir, a.train, a.valid, config, a.worker_index,
+                                        a.num_workers, verbose=a.verbose_fit, log=_log)
+        if report.failed:
+            if a.report_json:
+                print(json.dumps(report.to_dict()))
+            raise RuntimeError(f"repetitions {sorted(report.failed)} failed: "
+                               f"{next(iter(report.failed.values()))}")
+        out = report.to_dict()
+    else:
+        out = train_lib.train(a.model_dir, a.train, a.valid, config, workers=a.workers,
+                              threads=a.threads, verbose=a.verbose_fit, log=_log)
+        _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
+             f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete")
+        if out["failed"]:
+            print(json.dumps(out))
+            raise RuntimeError(f"repetitions {sorted(out['failed'])} failed: "
+                               f"{next(iter(out['failed'].values()))}")
+    _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
+    return out
+
+
+def cmd_export(a) -> dict:
+    from export.stitch import export_model
+
+    res = export_model(a.model_dir, a.output, a.model_version, a.top_k, a.label_names,
+                       a.decoder, a.candidate_buckets, verify=not a.no_verify, log=_log)
+    return res.to_dict()
+
+
+def cmd_evaluate(a) -> dict:
+    from mach_tf.evaluate import evaluate
+
+    res = evaluate(a.model, a.test, a.k, a.decoder, a.candidate_buckets, a.batch_size)
+    if not a.json:
+        for k, v in res.items():
+            print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")
+    return res
+
+
+def cmd_predict(a) -> dict:
+    from mach_tf.predict import predict_lines
+
+    n = predict_lines(a.model, sys.stdin, sys.stdout, top_k=a.top_k, batch_size=a.batch_size)
+    return {"queries": n}
+
+
+def cmd_demo(a) -> dict:
+    from mach_tf.demo import run_demo
+
+    return run_demo(a.workdir, small=a.small, log=_log)
+
+
+COMMANDS = {"convert": cmd_convert, "synth": cmd_synth, "train": cmd_train,
+            "export": cmd_export, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    if not a.command:
+        parser.print_help(sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        result = COMMANDS[a.command](a)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mach-tf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's edge: one line unless --verbose
+        if getattr(a, "verbose", False):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mach-tf {a.command}: error: {msg}", file=sys.stderr)
+        return 1
+    if getattr(a, "json", False) or getattr(a, "report_json", False):
+        print(json.dumps(result, default=str))
+    elif a.command not in ("evaluate", "predict"):
+        print(json.dumps(result, default=str, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The MACH configuration: one dataclass, persisted as the run's ``config.json``.
+
+Everything that defines a trained MACH model lives here: the label space (K), the input
+space (D), the hashing (B, R and the persisted hash coefficients), the per-repetition
+network, and the training settings. Training writes it once; export and evaluation read it
+back and never recompute any of it another way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from mach_tf.hashing import MAX_CLASSES, HashFamily
+
+FORMAT_VERSION = 1
+
+LOSSES = ("softmax", "sigmoid")
+MERGES = ("prob", "logprob")
+FEATURE_NORMS = ("none", "l2")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def _next_pow2(x: float) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1.0, x))))
+
+
+def default_buckets(num_classes: int) -> int:
+    """B from K: about ``8 * sqrt(K)`` rounded up to a power of two (K itself up to 32).
+
+    The cost of a repetition's output layer grows with B while MACH's accuracy needs B large
+    enough that few frequent classes share a bucket; ``O(sqrt K)`` buckets keep the output
+    layers of all repetitions together far below K while each bucket holds ``O(sqrt K)``
+    classes that the R repetitions separate (see docs/defaults.md).
+    """
+    if num_classes <= 32:
+        return max(2, num_classes)
+    return max(32, _next_pow2(8.0 * math.sqrt(num_classes)))
+
+
+def default_repetitions(num_classes: int) -> int:
+    """R from K: 16 repetitions up to 100k classes, 8 beyond (cost grows with R * B)."""
+    return 16 if num_classes <= 100_000 else 8
+
+
+@dataclasses.dataclass
+class MachConfig:
+    """Hyper-parameters and identity of a MACH model.
+
+    Attributes:
+        num_classes: K, the number of classes (labels are ids in ``[0, K)``).
+        num_features: D, the dimension of the sparse input (feature ids in ``[0, D)``).
+        num_buckets: B, buckets per repetition.
+        num_repetitions: R, independent repetitions.
+        hidden_units: Widths of the hidden layers of every repetition's network.
+        activation: Hidden-layer activation (any Keras activation name).
+        dropout: Dropout rate after each hidden layer.
+        feature_norm: ``"l2"`` scales each example's feature values to unit L2 norm inside
+            the model (so serving applies it too); ``"none"`` feeds them as they are.
+        loss: ``"softmax"``: cross-entropy against the example's label buckets as a
+            distribution (each label carries 1/|y| of the mass); ``"sigmoid"``: binary
+            cross-entropy per bucket against the multi-hot bucket set.
+        merge: What is averaged over repetitions to score a class: ``"prob"`` the bucket
+            probability (the paper's estimator), ``"logprob"`` its logarithm.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        learning_rate: Peak learning rate.
+        batch_size: Examples per training step.
+        epochs: Maximum training epochs per repetition.
+        group_size: Repetitions trained together in one Keras model by a worker (their
+            weights stay separate; only the input pipeline and the kernels' launches are
+            shared).
+        seed: Seeds the hash coefficients (unless ``hashing`` is given), weight
+            initialisation and shuffling.
+        hashing: The persisted hash family (``HashFamily.to_dict()``); drawn from ``seed``
+            when omitted.
+        format_version: Version of this file's schema.
+    """
+
+    num_classes: int
+    num_features: int
+    num_buckets: int
+    num_repetitions: int
+    hidden_units: list[int] = dataclasses.field(default_factory=lambda: [256])
+    activation: str = "relu"
+    dropout: float = 0.0
+    feature_norm: str = "l2"
+    loss: str = "softmax"
+    merge: str = "prob"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 5
+    group_size: int = 4
+    seed: int = 0
+    hashing: dict | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        self.hidden_units = [int(h) for h in self.hidden_units]
+        if self.hashing is None:
+            self.hashing = HashFamily.from_seed(
+                self.num_repetitions, self.num_buckets, self.seed).to_dict()
+        self.validate()
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_data(cls, num_classes: int, num_features: int, **overrides: Any) -> "MachConfig":
+        """A config whose B and R follow from K unless given in ``overrides``."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides.setdefault("num_buckets", default_buckets(num_classes))
+        overrides.setdefault("num_repetitions", default_repetitions(num_classes))
+        return cls(num_classes=int(num_classes), num_features=int(num_features), **overrides)
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field that is out of range."""
+        def bad(field, why):
+            raise ValueError(f"MachConfig.{field}: {why}")
+
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            bad("num_classes", f"must be in [1, {MAX_CLASSES}], got {self.num_classes}")
+        if self.num_features < 1:
+            bad("num_features", f"must be >= 1, got {self.num_features}")
+        if self.num_buckets < 2:
+            bad("num_buckets", f"must be >= 2, got {self.num_buckets}")
+        if self.num_repetitions < 1:
+            bad("num_repetitions", f"must be >= 1, got {self.num_repetitions}")
+        if not self.hidden_units or any(h < 1 for h in self.hidden_units):
+            bad("hidden_units", f"need at least one positive width, got {self.hidden_units}")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", f"must be in [0, 1), got {self.dropout}")
+        for field, allowed in (("loss", LOSSES), ("merge", MERGES),
+                               ("feature_norm", FEATURE_NORMS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, field) not in allowed:
+                bad(field, f"must be one of {allowed}, got {getattr(self, field)!r}")
+        if self.learning_rate <= 0:
+            bad("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1 or self.epochs < 1 or self.group_size < 1:
+            bad("batch_size/epochs/group_size", "must be >= 1")
+        if self.format_version != FORMAT_VERSION:
+            bad("format_version", f"this mach-tf reads version {FORMAT_VERSION}, "
+                                  f"got {self.format_version}")
+        family = self.hash_family  # validates the coefficients
+        if family.num_repetitions != self.num_repetitions:
+            bad("hashing", f"holds {family.num_repetitions} functions for "
+                           f"num_repetitions={self.num_repetitions}")
+        if family.num_buckets != self.num_buckets:
+            bad("hashing", f"num_buckets {family.num_buckets} != {self.num_buckets}")
+
+    @property
+    def hash_family(self) -> HashFamily:
+        return HashFamily.from_dict(self.hashing)
+
+    # -- JSON ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MachConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MachConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MachConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "MachConfig":
+        """A copy with ``changes``; the hash family is redrawn when R, B or seed change."""
+        d = self.to_dict()
+        d.update(changes)
+        if {"num_repetitions", "num_buckets", "seed"} & set(changes) and "hashing" not in changes:
+            d["hashing"] = None
+        return MachConfig.from_dict(d)
+
+    def num_params(self) -> int:
+        """Trainable parameters of all R repetitions together."""
+        widths = [self.num_features] + self.hidden_units + [self.num_buckets]
+        per_rep = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
+        return per_rep * self.num_repetitions

@@ -1,0 +1,57 @@
+"""From parsed TFRecord batches to model inputs and bucket targets."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from mach_tf.config import MachConfig
+from mach_tf.hashing import buckets_tf
+from tfrecords_tools.dataset import make_dataset
+
+
+def to_model_inputs(batch: dict) -> dict:
+    """Ragged ``feature_ids``/``feature_values`` -> padded dense (ids padded with -1)."""
+    ids = batch["feature_ids"]
+    vals = batch["feature_values"]
+    if isinstance(ids, tf.RaggedTensor):
+        ids = ids.to_tensor(default_value=-1)
+        vals = vals.to_tensor(default_value=0.0)
+    return {"feature_ids": tf.cast(ids, tf.int64), "feature_values": tf.cast(vals, tf.float32)}
+
+
+def bucket_targets(labels: tf.RaggedTensor, config: MachConfig,
+                   repetitions: Sequence[int]) -> tf.Tensor:
+    """The label buckets of each repetition: int32 ``[batch, G, L]``, padded with -1.
+
+    Args:
+        labels: Ragged int64 ``[batch, None]`` class ids.
+        config: The run's config (its persisted hash family).
+        repetitions: The G repetitions of the group, in group order.
+    """
+    family = config.hash_family.subset(repetitions)
+    flat = labels.flat_values
+    b = buckets_tf(flat, tf.constant(family.a, tf.int64), tf.constant(family.b, tf.int64),
+                   family.num_buckets, family.prime)  # [G, nnz]
+    rag = tf.RaggedTensor.from_row_splits(tf.transpose(b), labels.row_splits)  # [batch,None,G]
+    dense = rag.to_tensor(default_value=-1)  # [batch, L, G]
+    return tf.cast(tf.transpose(dense, [0, 2, 1]), tf.int32)
+
+
+def training_dataset(data, config: MachConfig, repetitions: Sequence[int], *,
+                     shuffle: bool = True, seed: int | None = None,
+                     batch_size: int | None = None, repeat: bool = False) -> tf.data.Dataset:
+    """``(inputs, targets)`` batches for training the given repetitions."""
+    ds = make_dataset(data, batch_size or config.batch_size, shuffle=shuffle,
+                      seed=config.seed if seed is None else seed, repeat=repeat)
+    reps = list(repetitions)
+    return ds.map(lambda b: (to_model_inputs(b), bucket_targets(b["labels"], config, reps)),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def evaluation_dataset(data, batch_size: int) -> tf.data.Dataset:
+    """``(inputs, labels)`` batches in file order; labels stay ragged."""
+    ds = make_dataset(data, batch_size, shuffle=False)
+    return ds.map(lambda b: (to_model_inputs(b), b["labels"]),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

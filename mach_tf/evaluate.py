@@ -1,0 +1,107 @@
+"""Evaluation of a run directory or an exported SavedModel on converted test data."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mach_tf import rundir
+from mach_tf.inference import DEFAULT_CANDIDATE_BUCKETS, MergedScorer
+from mach_tf.metrics import RankingMetrics, propensities
+
+
+def is_run_dir(path: str) -> bool:
+    return tf.io.gfile.exists(os.path.join(path, rundir.CONFIG))
+
+
+def resolve_export(path: str) -> str:
+    """The SavedModel directory of ``path``: itself, or its highest integer version."""
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    if tf.io.gfile.isdir(path):
+        versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(path)
+                    if re.fullmatch(r"\d+/?", v)]
+        for v in sorted(versions, reverse=True):
+            cand = os.path.join(path, str(v))
+            if tf.io.gfile.exists(os.path.join(cand, "saved_model.pb")):
+                return cand
+    raise FileNotFoundError(f"{path}: neither a run directory (config.json) nor a SavedModel "
+                            f"export (saved_model.pb, or BASE/NAME with version folders)")
+
+
+def inverse_propensities(run: str, num_classes: int) -> np.ndarray | None:
+    counts = rundir.load_label_counts(run)
+    if counts is None:
+        return None
+    info_path = os.path.join(run, rundir.TRAIN_DATA)
+    n = rundir.read_json(info_path)["num_examples"] if tf.io.gfile.exists(info_path) \
+        else int(counts.sum())
+    return 1.0 / propensities(counts[:num_classes], n)
+
+
+def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 3, 5)) -> dict:
+    """Metrics of always predicting the most frequent training labels (the floor)."""
+    from tfrecords_tools.dataset import make_dataset
+
+    kmax = max(ks)
+    top = np.argsort(-np.asarray(label_counts), kind="stable")[:kmax]
+    metrics = RankingMetrics(ks)
+    for batch in make_dataset(test, 4096, shuffle=False):
+        labels = batch["labels"].to_list()
+        metrics.update(np.tile(top, (len(labels), 1)), labels)
+    return metrics.result()
+
+
+def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
+             candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
+             batch_size: int | None = None) -> dict:
+    """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
+
+    Args:
+        model: A run directory, or an export (``BASE/NAME`` or ``BASE/NAME/VERSION``).
+        test: Test data prefix.
+        ks: Cut-offs.
+        decoder: For run directories: ``exact``, ``candidates`` or ``auto``.
+        candidate_buckets: m for candidate decoding.
+        batch_size: Evaluation batch size (default: sized to K).
+
+    Returns:
+        A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
+        known), ``num_examples``, ``seconds``, ``model`` and ``decoder``.
+    """
+    from mach_tf.data import evaluation_dataset
+
+    ks = sorted(set(int(k) for k in ks))
+    kmax = max(ks)
+    t0 = time.time()
+    if is_run_dir(model):
+        config, stacked = rundir.load_all(model)
+        scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
+        metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
+        bs = batch_size or scorer.eval_batch_size()
+        for inputs, labels in evaluation_dataset(test, bs):
+            _, ids = scorer.topk(inputs, kmax)
+            metrics.update(ids.numpy(), labels.to_list())
+        used = scorer.decoder
+    else:
+        path = resolve_export(model)
+        loaded = tf.saved_model.load(path)
+        fn = loaded.signatures["serving_default"]
+        metrics = RankingMetrics(ks)
+        for inputs, labels in evaluation_dataset(test, batch_size or 256):
+            out = fn(feature_ids=inputs["feature_ids"], feature_values=inputs["feature_values"])
+            ids = out["label_ids"].numpy()
+            if ids.shape[1] < kmax:
+                raise ValueError(f"{path} returns the top {ids.shape[1]} labels; P@{kmax} needs "
+                                 f"an export with --top-k >= {kmax}")
+            metrics.update(ids, labels.to_list())
+        used = "export"
+        model = path
+    result = metrics.result()
+    result.update(seconds=round(time.time() - t0, 3), model=model, decoder=used)
+    return result

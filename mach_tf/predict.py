@@ -1,0 +1,83 @@
+"""Query an exported SavedModel with XMC text lines (the ``mach-tf predict`` command)."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Iterable
+
+import numpy as np
+
+from tfrecords_tools.parse import DataFormatError, parse_line
+
+
+def pad_batch(rows: list[tuple[list[int], list[float]]]) -> dict:
+    """Pads ``(ids, values)`` rows into the serving signature's tensors (ids padded -1)."""
+    width = max((len(ids) for ids, _ in rows), default=0)
+    ids = np.full((len(rows), width), -1, np.int64)
+    vals = np.zeros((len(rows), width), np.float32)
+    for i, (fi, fv) in enumerate(rows):
+        ids[i, :len(fi)] = fi
+        vals[i, :len(fv)] = fv
+    return {"feature_ids": ids, "feature_values": vals}
+
+
+def load_signature(model: str, name: str = "serving_default"):
+    import tensorflow as tf
+
+    from mach_tf.evaluate import resolve_export
+
+    path = resolve_export(model)
+    loaded = tf.saved_model.load(path)
+    return loaded, loaded.signatures[name]
+
+
+def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
+                  batch_size: int = 256, source: str = "<stdin>") -> int:
+    """Answers every data line (``[labels] id:value ...``) with one JSON line.
+
+    Each output line is ``{"label_ids": [...], "scores": [...], "labels": [...]}``.
+
+    Returns:
+        The number of queries answered.
+
+    Raises:
+        DataFormatError: naming the input line that is malformed.
+    """
+    import tensorflow as tf
+
+    _loaded, fn = load_signature(model)
+    n = 0
+    batch: list[tuple[list[int], list[float]]] = []
+
+    def flush():
+        if not batch:
+            return
+        t = pad_batch(batch)
+        res = fn(feature_ids=tf.constant(t["feature_ids"]),
+                 feature_values=tf.constant(t["feature_values"]))
+        ids, scores = res["label_ids"].numpy(), res["scores"].numpy()
+        names = res["labels"].numpy()
+        k = ids.shape[1] if top_k is None else min(top_k, ids.shape[1])
+        for i in range(len(batch)):
+            keep = ids[i, :k] >= 0
+            out.write(json.dumps({
+                "label_ids": ids[i, :k][keep].tolist(),
+                "scores": [round(float(s), 6) for s in scores[i, :k][keep]],
+                "labels": [x.decode("utf-8", "replace") for x in names[i, :k][keep]]}) + "\n")
+        out.flush()
+        batch.clear()
+
+    for lineno, line in enumerate(lines, start=1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        try:
+            _labels, ids, vals = parse_line(text)
+        except ValueError as e:
+            raise DataFormatError(source, lineno, str(e)) from None
+        batch.append((ids, vals))
+        n += 1
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return n

@@ -1,0 +1,189 @@
+"""Text (XMC / libsvm) -> sharded TFRecord files plus a manifest.
+
+Each point becomes one ``tf.train.Example`` with ``feature_ids`` (int64 list),
+``feature_values`` (float list) and ``labels`` (int64 list); points are dealt round-robin
+to ``PREFIX-00000-of-0000N.tfrecord[.gz]``. ``PREFIX.manifest.json`` describes the shards.
+Every file is written under a temporary name and renamed into place only when the whole
+conversion succeeded, and the manifest is renamed last, so an interrupted conversion never
+leaves a manifest that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Iterable
+
+from tfrecords_tools.manifest import (FORMAT_VERSION, Manifest, manifest_path, shard_names,
+                                      write_json_atomic)
+from tfrecords_tools.parse import TextReader
+
+COMPRESSIONS = ("NONE", "GZIP")
+
+
+def serialize_example(labels, feature_ids, feature_values, text: bytes | None = None) -> bytes:
+    """One point as a serialized ``tf.train.Example`` (the package's TFRecord schema)."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    feat = {
+        "feature_ids": feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=feature_ids)),
+        "feature_values": feature_pb2.Feature(
+            float_list=feature_pb2.FloatList(value=feature_values)),
+        "labels": feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=labels)),
+    }
+    if text is not None:
+        feat["text"] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[text]))
+    return example_pb2.Example(
+        features=feature_pb2.Features(feature=feat)).SerializeToString()
+
+
+class ShardedWriter:
+    """Writes serialized examples round-robin to N shards, atomically.
+
+    Use as a context manager: on a clean exit the temporary shards are renamed into place;
+    on an exception they are deleted.
+    """
+
+    def __init__(self, prefix: str, num_shards: int = 1, compression: str = "NONE"):
+        import tensorflow as tf
+
+        compression = compression.upper()
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.prefix = prefix
+        self.compression = compression
+        self.names = shard_names(prefix, num_shards, compression)
+        parent = os.path.dirname(os.path.abspath(prefix))
+        tf.io.gfile.makedirs(parent)
+        self._tmp = [f"{os.path.join(parent, n)}.tmp-{os.getpid()}" for n in self.names]
+        opts = tf.io.TFRecordOptions(compression_type="GZIP" if compression == "GZIP" else "")
+        self._writers = [tf.io.TFRecordWriter(p, opts) for p in self._tmp]
+        self.counts = [0] * num_shards
+        self._next = 0
+
+    def write(self, record: bytes) -> None:
+        i = self._next
+        self._writers[i].write(record)
+        self.counts[i] += 1
+        self._next = (i + 1) % len(self._writers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import tensorflow as tf
+
+        for w in self._writers:
+            w.close()
+        parent = os.path.dirname(os.path.abspath(self.prefix))
+        if exc_type is not None:
+            for p in self._tmp:
+                if tf.io.gfile.exists(p):
+                    tf.io.gfile.remove(p)
+            return False
+        for p, name in zip(self._tmp, self.names):
+            tf.io.gfile.rename(p, os.path.join(parent, name), overwrite=True)
+        return False
+
+
+class _Progress:
+    """A light progress line on stderr (only when it is a terminal, or when forced)."""
+
+    def __init__(self, label: str, enabled: bool | None = None, every_s: float = 1.0):
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.every_s = every_s
+        self._t0 = self._last = time.monotonic()
+
+    def update(self, n: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            rate = n / max(now - self._t0, 1e-9)
+            sys.stderr.write(f"\r{self.label}: {n:,} points ({rate:,.0f}/s)")
+            sys.stderr.flush()
+            self._last = now
+
+    def close(self, n: int) -> None:
+        if self.enabled:
+            self.update(n, force=True)
+            sys.stderr.write("\n")
+
+
+def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
+            compression: str = "NONE", num_features: int | None = None,
+            num_labels: int | None = None, on_error: str = "fail",
+            progress: bool | None = None,
+            log: Callable[[str], None] | None = None) -> Manifest:
+    """Converts an XMC or libsvm text file into sharded TFRecords and a manifest.
+
+    Args:
+        input_path: Text file (plain or gzip).
+        prefix: Output prefix; shards are ``PREFIX-0000i-of-0000N.tfrecord[.gz]`` and the
+            manifest ``PREFIX.manifest.json``.
+        fmt: ``"xmc"`` or ``"libsvm"``.
+        num_shards: Number of output shards.
+        compression: ``"NONE"`` or ``"GZIP"``.
+        num_features: Feature dimension (libsvm: checked, or inferred when omitted).
+        num_labels: Label dimension (libsvm: checked, or inferred when omitted).
+        on_error: ``"fail"`` or ``"skip"`` (bad lines recorded in the manifest).
+        progress: Show a progress line on stderr (default: when stderr is a terminal).
+        log: Called with a one-line summary of skipped lines, if any.
+
+    Returns:
+        The written :class:`Manifest`.
+
+    Raises:
+        DataFormatError: naming the file and line of the first fault (``on_error="fail"``).
+    """
+    reader = TextReader(input_path, fmt, num_features=num_features, num_labels=num_labels,
+                        on_error=on_error)
+    bar = _Progress(f"convert {os.path.basename(os.fspath(input_path))}", progress)
+    n = nnz = nlab = 0
+    with ShardedWriter(prefix, num_shards, compression) as writer:
+        for p in reader:
+            writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
+            n += 1
+            nnz += len(p.feature_ids)
+            nlab += len(p.labels)
+            if n % 4096 == 0:
+                bar.update(n)
+        bar.close(n)
+        nf, nl = reader.dimensions()
+        manifest = Manifest(
+            num_examples=n, num_features=nf, num_labels=nl,
+            shards=list(writer.names), shard_counts=list(writer.counts),
+            compression=writer.compression, format_version=FORMAT_VERSION,
+            source={"path": os.path.abspath(os.fspath(input_path)), "format": fmt},
+            lines_read=reader.lines_read,
+            skipped=[{"line": ln, "reason": r} for ln, r in reader.skipped],
+            stats={"avg_features_per_point": nnz / max(n, 1),
+                   "avg_labels_per_point": nlab / max(n, 1)})
+    write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    if reader.skipped and log is not None:
+        first = "; ".join(f"line {ln}: {r}" for ln, r in reader.skipped[:3])
+        log(f"{os.fspath(input_path)}: skipped {len(reader.skipped)} of {reader.lines_read} "
+            f"lines (listed in {manifest_path(prefix)}); first: {first}")
+    return manifest
+
+
+def write_examples(prefix: str, points: Iterable[tuple], num_features: int, num_labels: int,
+                   num_shards: int = 1, compression: str = "NONE",
+                   source: dict | None = None) -> Manifest:
+    """Writes in-memory points ``(labels, ids, values[, text])`` as a converted dataset."""
+    n = 0
+    with ShardedWriter(prefix, num_shards, compression) as writer:
+        for p in points:
+            writer.write(serialize_example(*p))
+            n += 1
+        manifest = Manifest(num_examples=n, num_features=num_features, num_labels=num_labels,
+                            shards=list(writer.names), shard_counts=list(writer.counts),
+                            compression=writer.compression, format_version=FORMAT_VERSION,
+                            source=source or {"format": "python"}, lines_read=n)
+    write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    return manifest
+

@@ -1,0 +1,58 @@
+"""MachConfig: JSON round trip, defaults from K, validation."""
+
+import json
+
+import pytest
+
+from mach_tf.config import MachConfig, default_buckets
+
+
+def test_json_round_trip():
+    c = MachConfig.from_data(5000, 1000, hidden_units=[64, 32], seed=3)
+    back = MachConfig.from_json(c.to_json())
+    assert back == c
+    assert json.loads(c.to_json())["hashing"]["a"] == list(c.hash_family.a)
+
+
+def test_defaults_follow_k():
+    assert default_buckets(10) == 10
+    assert default_buckets(159) == 128
+    assert default_buckets(1_000_000) == 8192
+    c = MachConfig.from_data(159, 1836)
+    assert c.num_buckets == 128 and c.hash_family.num_repetitions == c.num_repetitions
+
+
+def test_hashing_is_persisted_not_recomputed():
+    c = MachConfig.from_data(1000, 100, seed=1)
+    d = c.to_dict()
+    d["hashing"]["a"][0] = 12345
+    assert MachConfig.from_dict(d).hash_family.a[0] == 12345
+
+
+def test_replace_redraws_hash_when_shape_changes():
+    c = MachConfig.from_data(1000, 100, seed=1)
+    assert c.replace(epochs=9).hashing == c.hashing
+    c2 = c.replace(num_repetitions=c.num_repetitions + 2)
+    assert c2.hash_family.num_repetitions == c.num_repetitions + 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("loss", "hinge", "MachConfig.loss"),
+    ("num_buckets", 1, "MachConfig.num_buckets"),
+    ("dropout", 1.5, "MachConfig.dropout"),
+    ("hidden_units", [], "MachConfig.hidden_units"),
+])
+def test_validation_names_the_field(field, value, message):
+    d = MachConfig.from_data(100, 50).to_dict()
+    d[field] = value
+    if field == "num_buckets":
+        d["hashing"] = None
+    with pytest.raises(ValueError, match=message):
+        MachConfig.from_dict(d)
+
+
+def test_unknown_fields_are_refused():
+    d = MachConfig.from_data(100, 50).to_dict()
+    d["colour"] = "blue"
+    with pytest.raises(ValueError, match="unknown field"):
+        MachConfig.from_dict(d)

@@ -266,7 +266,8 @@ def cmd_train(a) -> dict:
             print(json.dumps(out))
             raise RuntimeError(f"repetitions {sorted(out['failed'])} failed: "
                                f"{next(iter(out['failed'].values()))}")
-    _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
+    if not a.report_json:  # the launcher's own workers leave this line to the launcher
+        _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
     return out
 
 

@@ -41,17 +41,23 @@ def bucket_targets(labels: tf.RaggedTensor, config: MachConfig,
 
 def training_dataset(data, config: MachConfig, repetitions: Sequence[int], *,
                      shuffle: bool = True, seed: int | None = None,
-                     batch_size: int | None = None, repeat: bool = False) -> tf.data.Dataset:
-    """``(inputs, targets)`` batches for training the given repetitions."""
+                     batch_size: int | None = None, repeat: bool = False,
+                     record_filter=None) -> tf.data.Dataset:
+    """``(inputs, targets)`` batches for training the given repetitions.
+
+    ``record_filter`` keeps only some serialized records (see
+    :func:`tfrecords_tools.dataset.make_dataset`), e.g. the training side of a split.
+    """
     ds = make_dataset(data, batch_size or config.batch_size, shuffle=shuffle,
-                      seed=config.seed if seed is None else seed, repeat=repeat)
+                      seed=config.seed if seed is None else seed, repeat=repeat,
+                      record_filter=record_filter)
     reps = list(repetitions)
     return ds.map(lambda b: (to_model_inputs(b), bucket_targets(b["labels"], config, reps)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def evaluation_dataset(data, batch_size: int) -> tf.data.Dataset:
+def evaluation_dataset(data, batch_size: int, record_filter=None) -> tf.data.Dataset:
     """``(inputs, labels)`` batches in file order; labels stay ragged."""
-    ds = make_dataset(data, batch_size, shuffle=False)
+    ds = make_dataset(data, batch_size, shuffle=False, record_filter=record_filter)
     return ds.map(lambda b: (to_model_inputs(b), b["labels"]),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -110,11 +110,11 @@ def count_labels(data, num_classes: int) -> tuple[np.ndarray, int]:
 
 
 def config_for_data(train: str, **overrides) -> MachConfig:
-    """A config sized to the training data's manifest (K, D), with ``overrides``."""
+    """A config sized to the training data's manifest (K, D, N), with ``overrides``."""
     from tfrecords_tools.manifest import Manifest
 
     m = Manifest.load(train)
-    return MachConfig.from_data(m.num_labels, m.num_features, **overrides)
+    return MachConfig.from_data(m.num_labels, m.num_features, m.num_examples, **overrides)
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
@@ -197,7 +197,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     """
     import keras
 
-    from mach_tf.data import training_dataset
+    from mach_tf.group_training import best_epoch_summary, setup_group
     from mach_tf.model import build_model, compile_model, split
 
     group = list(group)
@@ -205,21 +205,19 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     work = os.path.join(run, "work", name)
     keras.utils.set_random_seed(config.seed + 1000 * group[0])
     model = build_model(config, group)
-    compile_model(model, config)
-    from tfrecords_tools.manifest import Manifest
-
-    steps = max(1, math.ceil(Manifest.load(train).num_examples / config.batch_size))
-    ds = training_dataset(train, config, group, shuffle=True, repeat=True)
-    val = training_dataset(valid, config, group, shuffle=False) if valid else None
+    # Data split, feature weights, merged validation and early stopping: group_training.
+    setup = setup_group(model, config, group, train, valid, run=run)
+    compile_model(model, config, setup.steps)
     callbacks = [
         _nan_guard(),
+        *setup.callbacks,
         keras.callbacks.BackupAndRestore(os.path.join(work, "backup"), save_freq="epoch",
                                          double_checkpoint=True),
         keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
                                     profile_batch=0),
     ]
     t0 = time.time()
-    history = model.fit(ds, validation_data=val, epochs=config.epochs, steps_per_epoch=steps,
+    history = model.fit(setup.dataset, epochs=config.epochs, steps_per_epoch=setup.steps,
                         verbose=verbose, callbacks=callbacks, shuffle=False)
     seconds = time.time() - t0
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
@@ -230,6 +228,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
             "final_loss": hist.get("loss", [None])[-1],
             "bucket_acc": hist.get(f"rep_{r:03d}_acc", hist.get("bucket_acc", [None]))[-1],
             "hashing": config.hash_family.subset([r]).to_dict(),
+            **best_epoch_summary(setup, config),
             "mach_tf_version": __version__, "finished_at": time.time()}
         rundir.save_repetition(run, r, single, marker)
     import tensorflow as tf

@@ -1,11 +1,20 @@
 """Keras callbacks of a worker's group: the merged validation metric and what it drives.
 
-:class:`MergedValidation` scores the validation sample after every epoch with the merged
-top-k of the group's repetitions together with the repetitions of the run that are already
-complete, exactly as evaluation and serving merge them, and adds ``merged_p@1``,
-``merged_p@3``, ``merged_p@5``, ``merged_ndcg@1`` ... to the epoch's ``logs``. Callbacks
-placed after it in the list (early stopping, the learning-rate schedule on plateau,
-TensorBoard, keras-tuner's trial callbacks) read the metrics from there.
+:class:`MergedValidation` scores the validation sample after every epoch with merged
+top-k, exactly as evaluation and serving merge, and adds two families of metrics to the
+epoch's ``logs``:
+
+* ``merged_p@1``, ``merged_p@3``, ``merged_p@5``, ``merged_ndcg@1`` ...: the group's
+  repetitions together with every repetition of the run already complete: the run's
+  accuracy so far.
+* ``group_merged_p@1`` ...: the group's repetitions alone. Early stopping and the plateau
+  schedule watch these: the run-level merge dilutes a later group's progress among the
+  repetitions already complete (measured: with 12 of 16 complete, groups stopped after
+  their first epoch), and the group-level merge makes a repetition's training independent
+  of which other repetitions happen to be complete, whatever the worker layout.
+
+Callbacks placed after it in the list (early stopping, the learning-rate schedule on
+plateau, TensorBoard, keras-tuner's trial callbacks) read the metrics from there.
 """
 
 from __future__ import annotations
@@ -20,12 +29,13 @@ from mach_tf.config import MachConfig
 from mach_tf.validation import ValidationSample, eval_batch_size
 
 PREFIX = "merged_"
+GROUP_PREFIX = "group_merged_"
 KS = (1, 3, 5)
 
 
 def monitor_name(config: MachConfig) -> str:
-    """The logs key early stopping and the schedule watch, e.g. ``merged_p@1``."""
-    return PREFIX + config.early_stopping_metric
+    """The logs key early stopping and the schedule watch, e.g. ``group_merged_ndcg@5``."""
+    return GROUP_PREFIX + config.early_stopping_metric
 
 
 class MergedDecoder:
@@ -95,12 +105,14 @@ class MergedValidation(keras.callbacks.Callback):
         repetitions: The repetitions the trained model holds, in its group order.
         done_repetitions: Repetitions already complete, merged in as well.
         done_scores: Their merge-ready bucket scores on ``sample``, ``[n, R_done, B]``.
-        prefix: Prefix of the logs keys.
+
+    After each epoch, ``history`` gets ``{"epoch", "repetitions", "run": {...},
+    "group": {...}}`` with the run-level and group-level metrics.
     """
 
     def __init__(self, config: MachConfig, sample: ValidationSample,
                  repetitions: Sequence[int], done_repetitions: Sequence[int] = (),
-                 done_scores: np.ndarray | None = None, prefix: str = PREFIX):
+                 done_scores: np.ndarray | None = None):
         super().__init__()
         self.config = config
         self.sample = sample
@@ -109,33 +121,35 @@ class MergedValidation(keras.callbacks.Callback):
         if self.done_repetitions and (done_scores is None or done_scores.shape[:2] != (
                 sample.num_examples, len(self.done_repetitions))):
             raise ValueError("done_scores must be [num_examples, len(done_repetitions), B]")
-        self.done_scores = done_scores
-        self.prefix = prefix
-        self.decoder = MergedDecoder(config, self.done_repetitions + self.repetitions)
+        self.done_scores = done_scores if self.done_repetitions else None
+        self.run_decoder = MergedDecoder(config, self.done_repetitions + self.repetitions)
+        self.group_decoder = MergedDecoder(config, self.repetitions)
         self.history: list[dict] = []
         self._fn = None
 
     def _score_fn(self):
         from mach_tf.model import bucket_scores
 
-        config, model, decoder, kmax = self.config, self.model, self.decoder, max(KS)
+        config, model, kmax = self.config, self.model, max(KS)
+        run_decoder, group_decoder = self.run_decoder, self.group_decoder
 
         @tf.function(reduce_retracing=True)
         def fn(inputs, done):
             s = bucket_scores(model(inputs, training=False), config.loss, config.merge)
-            if done is not None:
-                s = tf.concat([done, s], axis=1)
-            return decoder.topk(s, kmax)[1]
+            group_ids = group_decoder.topk(s, kmax)[1]
+            if done is None:
+                return group_ids, group_ids
+            return run_decoder.topk(tf.concat([done, s], axis=1), kmax)[1], group_ids
 
         return fn
 
     def compute(self) -> dict:
-        """The merged metrics of the model as it is now."""
+        """``{"run": metrics, "group": metrics}`` of the model as it is now."""
         from mach_tf.metrics import RankingMetrics
 
         if self._fn is None:
             self._fn = self._score_fn()
-        metrics = RankingMetrics(KS)
+        run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
         step = eval_batch_size(self.config.num_classes)
         start = 0
         for inputs, labels in self.sample.batches:
@@ -144,19 +158,23 @@ class MergedValidation(keras.callbacks.Callback):
                 n = len(part["feature_ids"])
                 done = None if self.done_scores is None else \
                     tf.constant(self.done_scores[start:start + n])
-                ids = self._fn(part, done).numpy()
-                metrics.update(ids, labels[i:i + n])
+                run_ids, group_ids = self._fn(part, done)
+                run_metrics.update(run_ids.numpy(), labels[i:i + n])
+                group_metrics.update(group_ids.numpy(), labels[i:i + n])
                 start += n
-        res = metrics.result()
-        return {k: v for k, v in res.items() if k != "num_examples"}
+        return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
+                for name, m in (("run", run_metrics), ("group", group_metrics))}
 
     def on_epoch_end(self, epoch, logs=None):
         res = self.compute()
-        res["repetitions"] = len(self.done_repetitions) + len(self.repetitions)
-        self.history.append(dict(res, epoch=epoch))
+        entry = {"epoch": epoch, "repetitions": len(self.done_repetitions) +
+                 len(self.repetitions), **res}
+        self.history.append(entry)
         if logs is not None:
-            for k, v in res.items():
-                logs[self.prefix + k] = float(v)
+            for prefix, name in ((PREFIX, "run"), (GROUP_PREFIX, "group")):
+                for k, v in res[name].items():
+                    logs[prefix + k] = float(v)
+            logs[PREFIX + "repetitions"] = float(entry["repetitions"])
 
 
 def training_callbacks(config: MachConfig, sample: ValidationSample | None,

@@ -83,13 +83,21 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
 
 def best_epoch_summary(setup: GroupSetup, config: MachConfig) -> dict:
     """The merged validation of the epoch whose weights the group keeps (for the
-    repetition's completion marker); ``{}`` without validation."""
+    repetition's completion marker); ``{}`` without validation.
+
+    ``merged_validation`` holds the run-level merge (the group with the repetitions
+    complete when it started), ``group_validation`` the group's repetitions alone (what
+    early stopping watched).
+    """
     from mach_tf.callbacks import MergedValidation, monitor_name
 
     hist = next((c.history for c in setup.callbacks if isinstance(c, MergedValidation)), [])
     if not hist:
         return {}
     key = config.early_stopping_metric
-    best = max(hist, key=lambda h: h[key]) if config.early_stopping_patience > 0 else hist[-1]
+    # EarlyStopping keeps the first best epoch; max() returns the first maximum too.
+    best = max(hist, key=lambda h: h["group"][key]) if config.early_stopping_patience > 0 \
+        else hist[-1]
     return {"best_epoch": int(best["epoch"]) + 1, "monitor": monitor_name(config),
-            "merged_validation": {k: v for k, v in best.items() if k != "epoch"}}
+            "merged_validation": dict(best["run"], repetitions=best["repetitions"]),
+            "group_validation": dict(best["group"])}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from mach_tf import rundir
-from mach_tf.callbacks import MergedValidation, completed_scores, training_callbacks
+from mach_tf.callbacks import (MergedValidation, completed_scores, monitor_name,
+                               training_callbacks)
 from mach_tf.group_training import setup_group
 from mach_tf.inference import merged_topk_numpy
 from mach_tf.metrics import RankingMetrics
@@ -99,9 +100,12 @@ def test_merged_metric_merges_group_with_completed_repetitions(tiny_run, tiny_da
 
     singles.update({r: m for r, m in zip([2, 3], split_group(group))})
     ref = _reference_metrics(config, singles, sample)
+    ref_group = _reference_metrics(config, {r: singles[r] for r in (2, 3)}, sample)
     for k in ("p@1", "p@3", "p@5", "ndcg@5"):
         assert logs["merged_" + k] == pytest.approx(ref[k], abs=1e-9)
+        assert logs["group_merged_" + k] == pytest.approx(ref_group[k], abs=1e-9)
     assert logs["merged_repetitions"] == 4
+    assert monitor_name(config) == "group_merged_" + config.early_stopping_metric
 
 
 def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_config):
@@ -117,14 +121,15 @@ def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_co
     monitor = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
     hist = model.fit(setup.dataset, epochs=config.epochs, steps_per_epoch=setup.steps,
                      callbacks=setup.callbacks, verbose=0, shuffle=False)
-    seen = [h["p@1"] for h in monitor.history]
-    assert hist.history["merged_p@1"] == pytest.approx(seen)
+    metric = config.early_stopping_metric
+    seen = [h["group"][metric] for h in monitor.history]
+    assert hist.history[monitor_name(config)] == pytest.approx(seen)
     best = int(np.argmax(seen))
     # It stopped early, exactly `patience` epochs after the best one.
     assert len(seen) < config.epochs
     assert len(seen) - 1 - best == config.early_stopping_patience
     # The weights kept are the best epoch's: scoring them again gives the best value.
-    assert monitor.compute()["p@1"] == pytest.approx(seen[best], abs=1e-9)
+    assert monitor.compute()["group"][metric] == pytest.approx(seen[best], abs=1e-9)
 
 
 def test_no_validation_means_no_callbacks(tiny_config):
@@ -146,8 +151,9 @@ def test_run_records_split_and_best_epoch(tiny_run):
     assert info["carved"] and info["num_scored"] > 0
     marker = rundir.completion(tiny_run, 0)
     assert 1 <= marker["best_epoch"] <= marker["epochs"]
-    assert marker["monitor"] == "merged_ndcg@5"
+    assert marker["monitor"] == "group_merged_ndcg@5"
     assert 0.0 <= marker["merged_validation"]["p@1"] <= 1.0
+    assert 0.0 <= marker["group_validation"]["ndcg@5"] <= 1.0
 
 
 def test_cosine_schedule_decays_to_zero(tiny_config):
@@ -170,7 +176,7 @@ def test_full_merge_equals_the_evaluation_scorer(tiny_run, tiny_data, tiny_confi
     config, stacked = rundir.load_all(tiny_run)
     cb = MergedValidation(config, sample, list(range(config.num_repetitions)))
     cb.set_model(stacked)
-    got = cb.compute()
+    got = cb.compute()["run"]
     scorer = MergedScorer(config, stacked, "exact")
     ref = RankingMetrics([1, 3, 5])
     for inputs, labels in sample.batches:

@@ -53,8 +53,9 @@ def default_repetitions(num_classes: int) -> int:
 #: network may spend: 2^24 (64 MB in float32) keeps R = 16 repetitions near 1 GB and the
 #: dense Adam update of a group's input kernel affordable on a CPU.
 INPUT_LAYER_BUDGET = 1 << 24
-#: From this many training examples on, the default network gets a second hidden layer.
-DEEP_MIN_EXAMPLES = 10_000
+#: From this many training examples on, the default network gets a second hidden layer
+#: (it helped with 9,690 examples and hurt with 3,660; docs/defaults.md).
+DEEP_MIN_EXAMPLES = 8_000
 
 
 def _prev_pow2(x: float) -> int:
@@ -71,8 +72,8 @@ def default_hidden_units(num_features: int, num_examples: int | None) -> list[in
 
     Measured on dev splits carved from the training files (docs/defaults.md): [512] beat
     [256] on bibtex and corel5k by about 0.01 P@1/P@3/P@5 and tied on delicious; a second
-    layer added 0.02 P@1 and 0.01 to 0.015 P@3/P@5 on delicious (12,920 examples) and
-    cost 0.01 P@1 on bibtex (4,880), where it overfits.
+    layer added 0.02 P@1 and 0.01 to 0.015 P@3/P@5 on delicious (9,690 dev-training
+    examples) and cost 0.01 P@1 on bibtex (3,660), where it overfits.
     """
     width = 512
     if num_features * width > INPUT_LAYER_BUDGET:

@@ -83,3 +83,16 @@ def test_new_levers_are_validated(field, value):
     d[field] = value
     with pytest.raises(ValueError, match=f"MachConfig.{field}"):
         MachConfig.from_dict(d)
+
+
+def test_network_follows_d_and_n():
+    from mach_tf.config import INPUT_LAYER_BUDGET, default_hidden_units
+
+    assert default_hidden_units(1836, 4880) == [512]          # bibtex: one layer
+    assert default_hidden_units(1836, 7999) == [512]
+    assert default_hidden_units(500, 12920) == [512, 256]     # delicious: deeper
+    wide_d = default_hidden_units(101938, 14146)
+    assert wide_d == [128, 256] and 101938 * wide_d[0] <= INPUT_LAYER_BUDGET
+    assert default_hidden_units(10**8, 10**6)[0] == 64        # never below 64
+    assert MachConfig.from_data(983, 500, 12920).hidden_units == [512, 256]
+    assert MachConfig.from_data(983, 500, 12920, hidden_units=[64]).hidden_units == [64]

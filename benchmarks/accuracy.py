@@ -46,7 +46,7 @@ def resolve_dataset(spec: str) -> tuple[str, str]:
 
 
 def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None = None,
-                log=lambda m: None) -> dict:
+                seed: int = 0, log=lambda m: None) -> dict:
     """Converts, trains with the defaults and evaluates one dataset; returns its row."""
     import shutil
 
@@ -63,7 +63,7 @@ def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None =
             convert(os.path.join(folder, f"{s}.txt"), prefix)
     run = os.path.join(base, "run")
     shutil.rmtree(run, ignore_errors=True)
-    config = config_for_data(data["train"])
+    config = config_for_data(data["train"], seed=seed)
     log(f"{name}: K={config.num_classes} D={config.num_features} B={config.num_buckets} "
         f"R={config.num_repetitions} hidden={config.hidden_units} epochs<={config.epochs}")
     t0 = time.time()
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
                    help="converted data and runs (default: work/accuracy)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes")
     p.add_argument("--threads", type=int, help="TensorFlow threads per worker")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the config's seed (hashing, initialisation, shuffling, split)")
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
     rows = []
     t0 = time.time()
     for spec in specs:
-        row = run_dataset(spec, a.workdir, a.workers, a.threads, log=log)
+        row = run_dataset(spec, a.workdir, a.workers, a.threads, a.seed, log=log)
         rows.append(row)
         print("  ".join(f"{k}={row[k]}" for k in ("dataset", "p@1", "p@3", "p@5", "ndcg@5",
                                                   "psp@1", "psp@3", "psp@5", "train_s",
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
 
     out = {"benchmark": "accuracy", "results": rows,
            "settings": {"config": "mach-tf train defaults (config_for_data)",
-                        "workers": a.workers, "threads": a.threads, "cpus": os.cpu_count(),
+                        "seed": a.seed, "workers": a.workers, "threads": a.threads,
+                        "cpus": os.cpu_count(),
                         "tensorflow": tf.__version__, "mach_tf": __version__},
            "total_s": round(time.time() - t0, 1)}
     if a.json:

@@ -46,13 +46,18 @@ def _tmp(path: str) -> str:
     return f"{path}.tmp-{uuid.uuid4().hex[:10]}"
 
 
+def _publish(tmp: str, path: str) -> None:
+    """The rename that makes a fully written file visible under its final name."""
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     tmp = _tmp(path)
     try:
         with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(data)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        _publish(tmp, path)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
@@ -129,7 +134,7 @@ def save_repetition(run: str, r: int, model, marker: dict) -> None:
     tmp = os.path.join(d, f"model.tmp-{uuid.uuid4().hex[:10]}.keras")
     try:
         model.save(tmp)
-        tf.io.gfile.rename(tmp, final, overwrite=True)
+        _publish(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)

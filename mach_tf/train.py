@@ -231,6 +231,26 @@ def _nan_guard(learning_rate: float):
     return StopOnNonFiniteLoss()
 
 
+class UnreadableBackupError(RuntimeError):
+    """A group's BackupAndRestore state that cannot be resumed from."""
+
+
+def _backup(path: str):
+    import keras
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        """Keras rewrites its backup files in place, so a crash while it saves can leave
+        them cut short; such a backup is reported instead of failing every rerun."""
+
+        def on_train_begin(self, logs=None):
+            try:
+                super().on_train_begin(logs)
+            except (OSError, ValueError, KeyError) as e:
+                raise UnreadableBackupError(f"{path}: {type(e).__name__}: {e}") from e
+
+    return Backup(path, save_freq="epoch", double_checkpoint=True)
+
+
 def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
                 log: Log = _stderr) -> dict:
@@ -257,18 +277,24 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     val = training_dataset(valid, config, group, shuffle=False) if valid else None
     callbacks = [
         _nan_guard(config.learning_rate),
-        keras.callbacks.BackupAndRestore(os.path.join(work, "backup"), save_freq="epoch",
-                                         double_checkpoint=True),
+        _backup(os.path.join(work, "backup")),
         keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
                                     profile_batch=0),
     ]
     t0 = time.time()
     from tfrecords_tools.verification import located_read_errors
 
-    with located_read_errors(train, valid):
-        history = model.fit(ds, validation_data=val, epochs=config.epochs,
-                            steps_per_epoch=steps, verbose=verbose, callbacks=callbacks,
-                            shuffle=False)
+    try:
+        with located_read_errors(train, valid):
+            history = model.fit(ds, validation_data=val, epochs=config.epochs,
+                                steps_per_epoch=steps, verbose=verbose, callbacks=callbacks,
+                                shuffle=False)
+    except UnreadableBackupError as e:
+        log(f"repetitions {group}: backup unreadable ({e}); training them from the start")
+        import tensorflow as tf
+
+        tf.io.gfile.rmtree(os.path.join(work, "backup"))
+        return train_group(run, config, group, train, valid, worker, verbose, log)
     seconds = time.time() - t0
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     for g, (r, single) in enumerate(zip(group, split(model))):

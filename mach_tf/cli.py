@@ -253,8 +253,11 @@ def _train_config(a):
     overrides = {field: getattr(a, arg) for arg, field in _HPARAMS.items()
                  if getattr(a, arg) is not None}
     if a.config:
-        with open(a.config) as f:
-            base = MachConfig.from_json(f.read())
+        try:  # JSON only: a config never carries code
+            with open(a.config, encoding="utf-8") as f:
+                base = MachConfig.from_json(f.read())
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{a.config}: not a readable mach-tf config (JSON): {e}") from None
         return base.replace(**overrides) if overrides else base
     import tensorflow as tf
 

@@ -360,6 +360,10 @@ def main(argv=None) -> int:
         if getattr(a, "verbose", False):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if type(e).__module__.startswith("tensorflow"):  # "Graph execution error:" says nothing
+            from tfrecords_tools.verification import tf_reason
+
+            msg = f"{type(e).__name__}: {tf_reason(e)}"
         print(f"mach-tf {a.command}: error: {msg}", file=sys.stderr)
         return 1
     if getattr(a, "json", False) or getattr(a, "report_json", False):

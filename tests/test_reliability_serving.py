@@ -198,3 +198,27 @@ def test_v1_session_loader(tiny_export, baseline):
         empty = run(np.zeros([0, 2], np.int64), np.zeros([0, 2], np.float32))
         assert empty["label_ids"].shape == (0, 5)
         served_normally()
+
+
+def test_errors_read_as_one_meaningful_line(signatures):
+    """The CLI prints one line: TensorFlow's own reason, not "Graph execution error:"."""
+    from tfrecords_tools.verification import tf_reason
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        call(signatures[1], [[2**62]], [[1.0]])
+    assert str(info.value).splitlines()[0] == "Graph execution error:"
+    assert tf_reason(info.value).startswith(
+        "assertion failed: [feature_ids must be < num_features=300]")
+
+
+def test_predict_names_the_input_line(tiny_export):
+    import io
+
+    from mach_tf.predict import predict_lines
+    from tfrecords_tools.parse import DataFormatError
+
+    out = io.StringIO()
+    with pytest.raises(DataFormatError, match=r"^<stdin>:2: feature id 300 out of range"):
+        predict_lines(tiny_export[0], ["1 2:1\n", "1 300:1\n"], out)
+    with pytest.raises(DataFormatError, match=r"^<stdin>:1: duplicate feature id 2"):
+        predict_lines(tiny_export[0], ["2:1 2:1\n"], out)

@@ -312,3 +312,16 @@ def test_write_examples_refuses_points_outside_the_schema(tmp_path):
         with pytest.raises(ValueError, match=message):
             write_examples(str(tmp_path / "w"), [point], 50, 8)
         assert os.listdir(tmp_path) == []
+
+
+def test_cli_verify_in_process(tmp_path, capsys):
+    from mach_tf.cli import main
+
+    prefix, m = dataset(tmp_path)
+    assert main(["verify", "--help"]) == 0
+    assert "examples:" in capsys.readouterr().out
+    assert main(["verify", prefix, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ok"] is True and out["num_examples"] == 400
+    assert [s["records"] for s in out["shards"]] == [200, 200]
+    assert [s["bytes"] for s in out["shards"]] == m.shard_bytes

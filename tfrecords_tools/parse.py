@@ -119,11 +119,13 @@ def _parse_id(tok: str, what: str, limit: int | None) -> int:
             raise ValueError(f"negative {what} id {_show(tok)[1:-1]} (ids are 0-based, >= 0)")
         raise ValueError(f"malformed {what} id {_show(tok)}: expected a non-negative "
                          f"integer")
-    if len(tok) > 18:
-        digits = tok.lstrip("0")
-        if len(digits) > 19 or int(digits or "0") > INT64_MAX:
+    if len(tok) <= 18:
+        v = int(tok)
+    else:  # int() refuses strings of > 4300 digits; ids must fit int64
+        digits = tok.lstrip("0") or "0"
+        if len(digits) > 19 or int(digits) > INT64_MAX:
             raise ValueError(f"{what} id {_show(tok)} is beyond the int64 range")
-    v = int(tok)
+        v = int(digits)
     if limit is not None and v >= limit:
         allowed = f"ids 0..{limit - 1}" if limit > 0 else "no ids"
         raise ValueError(f"{what} id {v} out of range: num_{what}s={limit} allows {allowed}")
@@ -312,9 +314,10 @@ class TextReader:
             raise self._fault(n, f"malformed header {shown}: expected 'num_points "
                                  f"num_features num_labels' (three non-negative integers); "
                                  f"{hint}")
-        if any(len(t.lstrip("0")) > 19 or int(t) > INT64_MAX for t in toks):
+        counts = [t.lstrip("0") or "0" for t in toks]
+        if any(len(c) > 19 or int(c) > INT64_MAX for c in counts):
             raise self._fault(n, f"header {shown} holds a count beyond the int64 range")
-        h = Header(*(int(t) for t in toks))
+        h = Header(*(int(c) for c in counts))
         for name, declared in (("num_features", h.num_features), ("num_labels", h.num_labels)):
             if declared < 1:
                 raise self._fault(n, f"header {shown} declares {name}=0; expected >= 1")

@@ -159,8 +159,8 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
     if beyond:
         raise rundir.RunDirError(
             f"{m.path}: {role} data has " + "; ".join(beyond) + " (its ids may lie "
-            f"beyond what the model knows); convert it with the run's dimensions or train a "
-            f"new run sized to it")
+            "beyond what the model knows); convert it with the run's dimensions or train a "
+            "new run sized to it")
     if role == "training" and m.num_examples == 0:
         raise rundir.RunDirError(f"{m.path}: training data has no examples")
 

@@ -26,11 +26,13 @@ property, failures (with the falsifying example), seconds, and the settings.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 import zlib
@@ -140,25 +142,22 @@ def reference_file(data: bytes, fmt: str, on_error: str, num_features=None, num_
 
 
 # -- the properties ------------------------------------------------------------------------
-class _Scratch:
-    """One reusable file for the examples of a run."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="mach-fuzz-")
-        self.path = os.path.join(self.dir, "input.txt")
-
-    def write(self, data: bytes) -> str:
-        with open(self.path, "wb") as f:
-            f.write(data)
-        return self.path
+_SCRATCH: list[str] = []  # one reusable input file for all examples of a process
 
 
-_SCRATCH = _Scratch()
+def _scratch_write(data: bytes) -> str:
+    if not _SCRATCH:
+        folder = tempfile.mkdtemp(prefix="mach-fuzz-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _SCRATCH.append(os.path.join(folder, "input.txt"))
+    with open(_SCRATCH[0], "wb") as f:
+        f.write(data)
+    return _SCRATCH[0]
 
 
 def read(data: bytes, fmt: str, on_error: str, **dims):
     """``(reader, points)`` or the DataFormatError; anything else propagates."""
-    path = _SCRATCH.write(data)
+    path = _scratch_write(data)
     reader = TextReader(path, fmt, on_error=on_error, **dims)
     try:
         return reader, list(reader)

@@ -62,6 +62,16 @@ def label_table(path: str) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(init, default_value="")
 
 
+def _assert_unique_ids(feature_ids):
+    """A repeated id would be summed with its values normalised apart, an answer to a query
+    nobody sent: refused, as the text parser refuses it."""
+    s = tf.sort(feature_ids, axis=-1)
+    repeated = tf.logical_and(tf.equal(s[:, 1:], s[:, :-1]), s[:, 1:] >= 0)
+    return tf.debugging.assert_equal(
+        tf.reduce_any(repeated), False,
+        message="feature_ids must not repeat within a row (padding -1 aside)")
+
+
 def validate_request(feature_ids, feature_values, num_features: int):
     """Request checks that raise InvalidArgument instead of answering wrongly."""
     checks = [
@@ -76,6 +86,7 @@ def validate_request(feature_ids, feature_values, num_features: int):
             message=f"feature_ids must be < num_features={num_features}"),
         tf.debugging.assert_all_finite(
             feature_values, message="feature_values must be finite (no NaN or Inf)"),
+        _assert_unique_ids(feature_ids),
     ]
     with tf.control_dependencies(checks):
         return tf.identity(feature_ids), tf.identity(feature_values)
@@ -110,7 +121,10 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
                                                        num_features)
         logits = model({"feature_ids": feature_ids, "feature_values": feature_values},
                        training=False)
-        scores = bucket_scores(logits, config.loss, config.merge)
+        scores = tf.debugging.assert_all_finite(
+            bucket_scores(logits, config.loss, config.merge),
+            message="the model's scores are not finite for this request (feature_values "
+                    "too large for a model trained with feature_norm='none'?)")
         top_scores, ids = state.topk(scores, top_k)
         names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
         return {"label_ids": ids, "scores": top_scores, "labels": names}

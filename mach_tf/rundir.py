@@ -46,12 +46,22 @@ def _tmp(path: str) -> str:
     return f"{path}.tmp-{uuid.uuid4().hex[:10]}"
 
 
+def _publish(tmp: str, path: str) -> None:
+    """The rename that makes a fully written file visible under its final name."""
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     tmp = _tmp(path)
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        _publish(tmp, path)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -107,7 +117,13 @@ def is_complete(run: str, r: int) -> bool:
 def completion(run: str, r: int) -> dict | None:
     """The completion marker of repetition ``r``, or ``None``."""
     path = os.path.join(rep_dir(run, r), COMPLETE)
-    return read_json(path) if tf.io.gfile.exists(path) else None
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise RunDirError(f"{path}: unreadable completion marker ({e}); delete it and rerun "
+                          f"'mach-tf train' to train repetition {r} again") from None
 
 
 def save_repetition(run: str, r: int, model, marker: dict) -> None:
@@ -116,8 +132,13 @@ def save_repetition(run: str, r: int, model, marker: dict) -> None:
     tf.io.gfile.makedirs(d)
     final = os.path.join(d, MODEL)
     tmp = os.path.join(d, f"model.tmp-{uuid.uuid4().hex[:10]}.keras")
-    model.save(tmp)
-    tf.io.gfile.rename(tmp, final, overwrite=True)
+    try:
+        model.save(tmp)
+        _publish(tmp, final)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
     write_json_atomic(os.path.join(d, COMPLETE), marker)
 
 
@@ -130,8 +151,13 @@ def load_repetition(run: str, r: int):
         raise RunDirError(f"{rep_dir(run, r)}: repetition {r} is not complete (no "
                           f"{COMPLETE}); finish training with the same 'mach-tf train' "
                           f"command")
-    model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    return model
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad archive
+        raise RunDirError(f"{path}: cannot load repetition {r} ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                          f"delete {rep_dir(run, r)} and rerun 'mach-tf train' to train it "
+                          f"again") from e
 
 
 def load_all(run: str, repetitions=None):
@@ -183,4 +209,12 @@ def load_label_counts(run: str) -> np.ndarray | None:
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path, "rb") as f:
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+        data = f.read()
+    try:  # never pickle: an object array is refused, not unpickled
+        counts = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise RunDirError(f"{path}: unreadable label counts ({e})") from None
+    if counts.dtype.kind not in "iu" or counts.ndim != 1:
+        raise RunDirError(f"{path}: expected a 1-D integer array, got {counts.dtype} "
+                          f"{counts.shape}")
+    return counts

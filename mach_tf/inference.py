@@ -265,6 +265,11 @@ class MergedScorer:
 # -- numpy references (export verification, tests, benchmarks) -------------------------------
 def _rank(scores: np.ndarray, ids: np.ndarray, k: int):
     """The k best ``(scores, ids)`` of one row, best first, ties to the smaller id."""
+    if scores.size > 4 * k:
+        # Only entries at least as good as the k-th best can make it (ties included).
+        kth = np.partition(scores, scores.size - k)[scores.size - k]
+        keep = np.nonzero(scores >= kth)[0]
+        scores, ids = scores[keep], ids[keep]
     order = np.lexsort((ids, -scores))[:k]
     out_s = np.full(k, -np.inf, np.float32)
     out_i = np.full(k, -1, np.int64)

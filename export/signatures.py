@@ -9,7 +9,6 @@ GraphDef's 2 GB limit.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
@@ -27,7 +26,8 @@ class DecoderState(tf.Module):
 
     Exact decoding keeps the class -> bucket table ``[R, K]``; candidate decoding keeps the
     inverted index (CSR offsets ``[R*B + 1]`` and classes ``[R*K]``) and the class ->
-    buckets table ``[K, R]`` (see :func:`mach_tf.inference.candidate_index`).
+    slots table ``[K, R]`` (slot ``r*B + h_r(c)``; see
+    :func:`mach_tf.inference.candidate_index`).
     """
 
     def __init__(self, config: MachConfig, decoder: str, candidate_buckets: int):
@@ -44,13 +44,13 @@ class DecoderState(tf.Module):
                                        name="bucket_offsets")
             self.classes = tf.Variable(index["classes"], trainable=False,
                                        name="bucket_classes")
-            self.class_buckets = tf.Variable(index["class_buckets"], trainable=False,
-                                             name="class_buckets")
+            self.class_slots = tf.Variable(index["class_slots"], trainable=False,
+                                           name="class_slots")
 
     def topk(self, scores, k: int):
         if self.decoder == "exact":
             return exact_topk(scores, self.table, k)
-        return candidate_topk(scores, self.offsets, self.classes, self.class_buckets,
+        return candidate_topk(scores, self.offsets, self.classes, self.class_slots,
                               self.candidate_buckets, k)
 
 

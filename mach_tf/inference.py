@@ -12,7 +12,7 @@ Two decoders, both plain TensorFlow ops (so TensorFlow Serving runs them), share
   ``R * K`` gathers and a top-k over K per query.
 * :func:`candidate_topk` takes each repetition's top-m buckets, gathers their classes from
   the bucket -> classes inverted index (CSR), scores those candidates exactly (through the
-  class -> buckets table ``[K, R]``), and returns their top k, each class once. Its cost
+  class -> slots table ``[K, R]``), and returns their top k, each class once. Its cost
   follows ``R * m * K / B`` candidates, not K. A class found in several repetitions'
   top buckets gets the same score each time (bit for bit), so duplicates are removed
   among the best ``k * R`` entries only, never over the whole candidate list.
@@ -63,27 +63,29 @@ def candidate_index(family, num_classes: int) -> dict:
 
     Returns:
         ``{"offsets": int64 [R*B + 1], "classes": int32 [R*K],
-        "class_buckets": int32 [K, R]}``: the inverted index in CSR form over the R*B
-        buckets of all repetitions (bucket ``j`` of repetition ``r`` holds
-        ``classes[offsets[r*B + j]:offsets[r*B + j + 1]]``, in increasing class order) and
-        every class's bucket under each repetition.
+        "class_slots": int [K, R]}``: the inverted index in CSR form over the R*B buckets
+        of all repetitions (bucket ``j`` of repetition ``r`` is slot ``r*B + j`` and holds
+        ``classes[offsets[r*B + j]:offsets[r*B + j + 1]]``, in increasing class order), and
+        every class's slot ``r*B + h_r(c)`` under each repetition (int32 while R*B < 2**31).
     """
     num_r, num_b = family.num_repetitions, family.num_buckets
-    class_buckets = np.empty((num_classes, num_r), dtype=np.int32)
+    dtype = np.int32 if num_r * num_b < 2**31 else np.int64
+    class_slots = np.empty((num_classes, num_r), dtype=dtype)
+    base = np.arange(num_r, dtype=np.int64) * num_b
     step = 1 << 20  # chunked: no [R, K] int64 temporary at large K
     for start in range(0, num_classes, step):
         stop = min(num_classes, start + step)
-        class_buckets[start:stop] = family.buckets_np(np.arange(start, stop)).T
+        class_slots[start:stop] = family.buckets_np(np.arange(start, stop)).T + base
     offsets = np.zeros(num_r * num_b + 1, dtype=np.int64)
     classes = np.empty(num_r * num_classes, dtype=np.int32)
     for r in range(num_r):
-        col = np.ascontiguousarray(class_buckets[:, r])
+        col = np.ascontiguousarray(class_slots[:, r]) - base[r]
         counts = np.bincount(col, minlength=num_b)
         np.cumsum(counts, out=offsets[r * num_b + 1:(r + 1) * num_b + 1])
         offsets[r * num_b + 1:(r + 1) * num_b + 1] += r * num_classes
         # A stable sort keeps the classes of each bucket in increasing order.
         classes[r * num_classes:(r + 1) * num_classes] = np.argsort(col, kind="stable")
-    return {"offsets": offsets, "classes": classes, "class_buckets": class_buckets}
+    return {"offsets": offsets, "classes": classes, "class_slots": class_slots}
 
 
 # -- TensorFlow decoders --------------------------------------------------------------------
@@ -154,14 +156,14 @@ def _drop_repeats(ids):
     return tf.gather(repeat, inverse, batch_dims=1)
 
 
-def candidate_topk(bucket_scores, offsets, classes, class_buckets, m: int, k: int):
+def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int):
     """Top k among the classes of each repetition's top-m buckets, scored exactly.
 
     Args:
         bucket_scores: float ``[batch, R, B]`` (R and B static).
         offsets: int64 ``[R*B + 1]`` CSR offsets (see :func:`candidate_index`).
         classes: int32 ``[R*K]`` CSR class ids.
-        class_buckets: int32 ``[K, R]``, every class's bucket under each repetition.
+        class_slots: int ``[K, R]``, every class's slot ``r*B + h_r(c)``.
         m: Buckets taken per repetition.
         k: How many to return.
 
@@ -175,7 +177,7 @@ def candidate_topk(bucket_scores, offsets, classes, class_buckets, m: int, k: in
     k = int(k)
     top = tf.math.top_k(bucket_scores, k=m, sorted=False).indices  # [batch, R, m]
     rep_base = tf.constant(np.arange(num_r, dtype=np.int64) * num_b)
-    # Global bucket ids r*B + j, ordered (row, r, rank): a row's candidates stay contiguous.
+    # Slots r*B + j, ordered (row, r, rank): a row's candidates stay contiguous.
     buckets = tf.reshape(tf.cast(top, tf.int64) + rep_base[:, None], [-1])
     offsets = tf.convert_to_tensor(offsets, tf.int64)
     positions = tf.ragged.range(tf.gather(offsets, buckets), tf.gather(offsets, buckets + 1))
@@ -185,7 +187,7 @@ def candidate_topk(bucket_scores, offsets, classes, class_buckets, m: int, k: in
     row = tf.searchsorted(row_splits[1:], tf.range(total), side="right",
                           out_type=tf.int64)  # [T]
     # Every candidate's R bucket scores, summed in the same order as exact_scores.
-    flat = tf.cast(tf.gather(class_buckets, cand), tf.int64) + rep_base[None, :] + \
+    flat = tf.cast(tf.gather(class_slots, cand), tf.int64) + \
         (row * (num_r * num_b))[:, None]  # [T, R]
     parts = tf.unstack(tf.gather(tf.reshape(bucket_scores, [-1]), flat), num_r, axis=1)
     # add_n sums left to right, like the exact decoder's running sum.
@@ -236,7 +238,7 @@ class MergedScorer:
             index = candidate_index(family, config.num_classes)
             self.offsets = tf.constant(index["offsets"])
             self.classes = tf.constant(index["classes"])
-            self.class_buckets = tf.constant(index["class_buckets"])
+            self.class_slots = tf.constant(index["class_slots"])
 
     def bucket_scores(self, inputs):
         logits = self.model(inputs, training=False)
@@ -245,7 +247,7 @@ class MergedScorer:
     def topk_from_bucket_scores(self, scores, k: int):
         if self.decoder == "exact":
             return exact_topk(scores, self.table, k)
-        return candidate_topk(scores, self.offsets, self.classes, self.class_buckets, self.m, k)
+        return candidate_topk(scores, self.offsets, self.classes, self.class_slots, self.m, k)
 
     def topk(self, inputs, k: int):
         """``(scores [batch, k], class_ids [batch, k])`` for padded sparse ``inputs``."""
@@ -321,7 +323,8 @@ def candidate_topk_numpy(bucket_scores: np.ndarray, index: dict, m: int, k: int)
     bucket_scores = np.asarray(bucket_scores, np.float32)
     num_r, num_b = bucket_scores.shape[1:]
     m = max(1, min(m, num_b))
-    offsets, classes, cb = index["offsets"], index["classes"], index["class_buckets"]
+    offsets, classes = index["offsets"], index["classes"]
+    buckets = index["class_slots"] - np.arange(num_r, dtype=np.int64) * num_b  # [K, R]
     rows = []
     for s in bucket_scores:
         found = []
@@ -332,7 +335,7 @@ def candidate_topk_numpy(bucket_scores: np.ndarray, index: dict, m: int, k: int)
                 found.append(classes[offsets[g]:offsets[g + 1]])
         cand = np.unique(np.concatenate(found)).astype(np.int64) if found else \
             np.zeros(0, np.int64)
-        rows.append(_rank(_merged(s, cb[cand].T), cand, k))
+        rows.append(_rank(_merged(s, buckets[cand].T), cand, k))
     return _stack(rows, k)
 
 

@@ -215,7 +215,7 @@ def load_repetitions(run: str, repetitions=None):
             parts.append(f"repetitions {unfinished} of {config.num_repetitions} are "
                          f"unfinished (training started, no {COMPLETE})")
         raise RunDirError(f"{run}: " + " and ".join(parts) + "; run 'mach-tf train' again "
-                          f"with the same --model-dir to finish them")
+                          "with the same --model-dir to finish them")
     models = []
     for r in reps:
         try:

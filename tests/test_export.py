@@ -61,8 +61,8 @@ def run_signature(path, loader, signature, test_batch):
         {"examples": np.asarray(examples, dtype=object)}
     if loader == "saved_model.load":
         fn = tf.saved_model.load(path).signatures[signature]
-        return {k: v.numpy() for k, v in fn(**{k: tf.constant(v)
-                                                for k, v in feeds.items()}).items()}
+        out = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+        return {k: v.numpy() for k, v in out.items()}
     return session_run(path, signature, feeds)
 
 
@@ -169,8 +169,8 @@ def test_request_validation(tiny_export, loader):
         fn = tf.saved_model.load(path).signatures["serving_default"]
 
         def call(feeds):
-            return {k: v.numpy() for k, v in fn(**{k: tf.constant(v)
-                                                    for k, v in feeds.items()}).items()}
+            out = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+            return {k: v.numpy() for k, v in out.items()}
     else:
         sess = tf.compat.v1.Session(graph=tf.Graph())
         sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path).signature_def[
@@ -281,14 +281,16 @@ def test_wrongly_stacked_model_fails_verification(tmp_path, tiny_run, monkeypatc
 
 
 def test_altered_table_fails_verification(tmp_path, tiny_run, monkeypatch):
-    """A candidate index altered before writing (two repetitions' tables swapped) makes the
-    served answers wrong: the export fails and leaves nothing behind."""
+    """A candidate index altered before writing (repetitions 0 and 1 given each other's
+    hash buckets) makes the served answers wrong: the export fails, leaves nothing behind."""
 
     class Swapped(signatures_lib.DecoderState):
         def __init__(self, config, decoder, m):
             super().__init__(config, decoder, m)
-            cb = self.class_buckets.numpy()
-            self.class_buckets.assign(cb[:, ::-1].copy())
+            base = np.arange(config.num_repetitions) * config.num_buckets
+            buckets = self.class_slots.numpy() - base
+            buckets[:, [0, 1]] = buckets[:, [1, 0]]
+            self.class_slots.assign((buckets + base).astype(np.int32))
 
     monkeypatch.setattr(signatures_lib, "DecoderState", Swapped)
     base = tmp_path / "m"

@@ -28,7 +28,7 @@ def setup():
 def _candidates(fam, num_classes, s, m, k):
     index = candidate_index(fam, num_classes)
     out = candidate_topk(tf.constant(s), index["offsets"], index["classes"],
-                         index["class_buckets"], m, k)
+                         index["class_slots"], m, k)
     return out[0].numpy(), out[1].numpy(), index
 
 
@@ -46,7 +46,7 @@ def test_candidate_index_is_the_hash_inverted():
     k = 1000
     index = candidate_index(fam, k)
     table = fam.table(k)
-    np.testing.assert_array_equal(index["class_buckets"], table.T)
+    np.testing.assert_array_equal(index["class_slots"], table.T + np.arange(3) * 32)
     assert index["offsets"].shape == (3 * 32 + 1,) and index["offsets"][-1] == 3 * k
     for r in range(3):
         for bucket in range(32):
@@ -100,8 +100,8 @@ def test_candidates_score_exactly_and_never_repeat(setup):
     got_s, got_i, _ = _candidates(fam, c.num_classes, s, m=2, k=5)
     table = fam.table(c.num_classes)
     exact_s, exact_i = exact_topk(tf.constant(s), tf.constant(table), c.num_classes)
-    exact_of = [dict(zip(i.tolist(), v.tolist())) for i, v in zip(exact_i.numpy(),
-                                                                 exact_s.numpy())]
+    exact_of = [dict(zip(i.tolist(), v.tolist()))
+                for i, v in zip(exact_i.numpy(), exact_s.numpy())]
     for row in range(8):
         ids = got_i[row]
         assert len(set(ids.tolist())) == 5

@@ -30,10 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 #: ``decoder="auto"`` scores exactly up to this many classes, by candidates above. Exact
-#: decoding costs ``R * K`` gathers and a top-k over K per query: about 3 ms per query at
-#: K = 100,000 on 2 CPU cores, growing linearly to about 30 ms at K = 1,000,000, while
-#: candidate decoding stays near 1 ms (benchmarks/RESULTS.md, "Serving"). Up to 100,000
-#: classes the exact answer is cheap enough to be the default; above, candidates.
+#: decoding costs ``R * K`` gathers and a top-k over K per query: about 4 ms per query at
+#: K = 100,000 (R = 8) on 2 CPU cores, growing linearly to about 29 ms at K = 1,000,000,
+#: while candidate decoding stays between 1 and 2 ms (benchmarks/RESULTS.md, "Serving").
+#: Up to 100,000 classes the exact answer costs no more than the network itself (about
+#: 2 ms) and is the default; above, candidates.
 AUTO_EXACT_MAX_CLASSES = 100_000
 #: m, the buckets taken per repetition by candidate decoding (benchmarks/RESULTS.md).
 DEFAULT_CANDIDATE_BUCKETS = 10

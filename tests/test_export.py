@@ -230,6 +230,7 @@ def test_label_names_and_versions(tmp_path, tiny_run, tiny_config):
                          warmup=False)
     second = export_model(tiny_run, base, top_k=3, label_names=str(names))
     assert (first.version, second.version) == (1, 2)
+    assert first.decoder == "exact"  # auto: K = 60 is far below the candidates threshold
     assert first.verified_queries == 0 and second.verified_queries == 64
     with pytest.raises(ExportError, match="already exists"):
         export_model(tiny_run, base, version=2)

@@ -135,8 +135,9 @@ def train_ray(run: str, train: str, valid: str | None = None,
 
     Returns:
         A summary like :func:`mach_tf.train.train`'s (``trained``, ``skipped``, ``failed``,
-        ``complete``, ``seconds``, ``workers``) plus ``launcher``, ``attempts`` (processes
-        each worker took), ``threads_per_worker``, ``gpus_per_worker`` and
+        ``complete``, ``seconds``, ``workers``) plus ``launcher``, ``attempts`` (worker
+        processes each worker index took; 0 when all its repetitions were complete and
+        no task was started), ``threads_per_worker``, ``gpus_per_worker`` and
         ``driver_worker_bytes`` (pickled size of the task arguments, progress events and
         reports exchanged with the driver; workers have no channel to each other).
 
@@ -156,6 +157,16 @@ def train_ray(run: str, train: str, valid: str | None = None,
     if config is None:
         config = rundir.load_config(run)
     config = train_lib.prepare_run(run, config, train, valid)
+    complete_before = {r for r in range(config.num_repetitions) if rundir.is_complete(run, r)}
+    if len(complete_before) == config.num_repetitions:
+        log(f"all {config.num_repetitions} repetitions are complete: nothing to train")
+        summary = train_lib._summary(run, config, [{
+            "worker_index": i, "num_workers": num_workers, "trained": [], "failed": {},
+            "skipped": train_lib.assigned_repetitions(config.num_repetitions, i, num_workers)}
+            for i in range(num_workers)], time.time() - t0)
+        summary.update(launcher="ray", attempts={str(i): 0 for i in range(num_workers)},
+                       driver_worker_bytes={"task_args": 0, "events": 0, "results": 0})
+        return summary
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -164,25 +175,34 @@ def train_ray(run: str, train: str, valid: str | None = None,
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1
         threads = int(threads or max(1, int(resources.get("CPU", 1)) // num_workers))
+        if threads > resources.get("CPU", 0):
+            raise ValueError(f"--threads {threads} is more than the Ray cluster's "
+                             f"{resources.get('CPU', 0):g} CPUs: no worker could start")
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         task = ray.remote(max_calls=1)(_worker_task)
         options = dict(num_cpus=threads, num_gpus=1 if use_gpu else 0,
                        max_retries=max_retries, retry_exceptions=[OSError])
-        complete_before = {r for r in range(config.num_repetitions)
-                           if rundir.is_complete(run, r)}
         display = _Display(log, config.num_repetitions, complete_before, num_workers)
         log(f"ray: {num_workers} workers, {threads} CPU thread(s)"
             f"{' and 1 GPU' if use_gpu else ''} each, {config.num_repetitions} repetitions "
             f"({len(complete_before)} complete), max {max_retries} retries per worker")
         traffic = {"task_args": 0, "events": 0, "results": 0}
         refs = {}
+        reports = {}
         for i in range(num_workers):
+            mine = train_lib.assigned_repetitions(config.num_repetitions, i, num_workers)
+            if all(r in complete_before for r in mine):  # nothing to do: start no process
+                reports[i] = {"worker_index": i, "num_workers": num_workers, "trained": [],
+                              "skipped": mine, "failed": {}, "seconds": 0.0,
+                              "cpu_seconds": 0.0}
+                log(f"[worker {i}/{num_workers}] repetitions {mine} already complete: "
+                    f"not started")
+                continue
             args = (run, train, valid, i, num_workers, threads, use_gpu, checkpoint_every,
                     claim_lease)
             traffic["task_args"] += len(pickle.dumps(args))
             refs[task.options(name=f"mach-tf-worker-{i}", **options).remote(*args, board)] = i
         pending = list(refs)
-        reports = {}
 
         def show_progress():
             events = ray.get(board.drain.remote())
@@ -212,7 +232,7 @@ def train_ray(run: str, train: str, valid: str | None = None,
                                      time.time() - t0)
         summary.update(launcher="ray", threads_per_worker=threads,
                        gpus_per_worker=1 if use_gpu else 0,
-                       attempts={str(i): len(display.attempts.get(i, [])) or 1
+                       attempts={str(i): len(display.attempts.get(i, []))
                                  for i in range(num_workers)},
                        driver_worker_bytes=traffic,
                        worker_seconds={str(i): reports[i].get("seconds")

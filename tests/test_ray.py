@@ -1,6 +1,8 @@
 """The Ray launcher on a real local Ray runtime (one per module: Ray starts slowly)."""
 
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -52,16 +54,21 @@ def test_two_ray_workers_train_then_export_and_rerun_skips(tmp_path, tiny_data, 
         feature_values=tf.constant([[1.0, 0.5, 0.0]], tf.float32))
     assert out["label_ids"].shape == (1, 5)
 
-    # a rerun with Ray retrains nothing and leaves finished repetitions untouched
+    # a rerun with Ray trains only what is missing and leaves finished repetitions untouched
+    shutil.rmtree(rundir.rep_dir(run, 3))  # as if worker 1 had died before writing it
     before = {r: os.stat(os.path.join(rundir.rep_dir(run, r), rundir.MODEL)).st_mtime_ns
-              for r in range(4)}
-    markers = {r: rundir.completion(run, r) for r in range(4)}
+              for r in range(3)}
+    markers = {r: rundir.completion(run, r) for r in range(3)}
     again = train_ray(run, tiny_data["train"], None, None, num_workers=2, log=lines.append)
-    assert again["trained"] == [] and again["skipped"] == [0, 1, 2, 3]
-    for r in range(4):
+    assert again["trained"] == [3] and again["skipped"] == [0, 1, 2]
+    assert again["attempts"] == {"0": 0, "1": 1}  # worker 0 had nothing to do: not started
+    for r in range(3):
         path = os.path.join(rundir.rep_dir(run, r), rundir.MODEL)
         assert os.stat(path).st_mtime_ns == before[r]
         assert rundir.completion(run, r) == markers[r]
+    assert rundir.completion(run, 3)["group"] == [3]  # trained alone, rep 1 not again
+    done = train_ray(run, tiny_data["train"], None, None, num_workers=2, log=lines.append)
+    assert done["trained"] == [] and done["skipped"] == [0, 1, 2, 3]
 
 
 def test_ray_launcher_refuses_a_different_config(tmp_path, tiny_data, tiny_config,
@@ -90,9 +97,7 @@ def test_ray_retries_a_killed_worker_which_resumes(tmp_path, tiny_data, tiny_con
                                                    ray_runtime):
     """Worker 0's process is SIGKILLed mid-repetition: Ray runs the task again, the new
     process takes over the dead one's claim and resumes from the step checkpoint."""
-    from mach_tf.launch_ray import train_ray
-
-    config = tiny_config.replace(num_repetitions=2, group_size=1, epochs=8)
+    config = tiny_config.replace(num_repetitions=2, group_size=1, epochs=6)
     run = str(tmp_path / "run")
     rundir.ensure_config(run, config)
     claim = os.path.join(rundir.rep_dir(run, 0), "claims", "claim-000001.json")
@@ -112,15 +117,19 @@ def test_ray_retries_a_killed_worker_which_resumes(tmp_path, tiny_data, tiny_con
 
     killer = threading.Thread(target=kill_worker_0)
     killer.start()
-    lines = []
-    summary = train_ray(run, tiny_data["train"], None, None, num_workers=2, max_retries=2,
-                        checkpoint_every=5, log=lines.append)
+    # the real command, as a driver joining the running Ray cluster
+    address = ray.get_runtime_context().gcs_address
+    p = run_cli("train", "--launcher", "ray", "--ray-address", address, "--num-workers", "2",
+                "--max-retries", "2", "--checkpoint-every", "5", "--train", tiny_data["train"],
+                "--model-dir", run, "--json")
     killer.join()
+    assert p.returncode == 0, p.stderr[-3000:]
     assert killed, "worker 0 finished before it could be killed"
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["failed"] == {} and summary["complete"] == 2
     assert summary["attempts"] == {"0": 2, "1": 1}
-    assert any("attempt 2" in ln for ln in lines)
-    assert any("took over rep-000" in ln for ln in lines)
+    assert "[worker 0/2] started (pid" in p.stderr and "attempt 2" in p.stderr
+    assert "took over rep-000" in p.stderr and "(2/2 complete)" in p.stderr
     marker = rundir.completion(run, 0)
     assert marker["resumed_from"]["global_step"] >= killed["step"]
     assert marker["optimizer_iterations"] == config.epochs * 13

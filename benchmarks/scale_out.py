@@ -177,7 +177,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     workers = [int(w) for w in a.workers.split(",")]
     res = run_benchmark(workers, a.num_labels, a.num_features, a.num_train, a.repetitions,
-                        a.buckets, a.hidden, a.epochs, a.batch_size, a.group_size, a.repeats, a.workdir)
+                        a.buckets, a.hidden, a.epochs, a.batch_size, a.group_size, a.repeats,
+                        a.workdir)
     if not a.json:
         for row in res["results"]:
             print(f"{row['workers']} worker(s): {row['wall_s']:.1f} s, speedup "

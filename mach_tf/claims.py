@@ -192,8 +192,8 @@ def _expired(record: dict | None, now: float, path: str | None = None) -> bool:
         return age > DEFAULT_LEASE_S
     if record.get("released"):
         return True
-    if now - float(record.get("heartbeat_at", 0.0)) > float(record.get("lease_s",
-                                                                        DEFAULT_LEASE_S)):
+    lease = float(record.get("lease_s", DEFAULT_LEASE_S))
+    if now - float(record.get("heartbeat_at", 0.0)) > lease:
         return True
     o = record.get("owner", {})
     try:

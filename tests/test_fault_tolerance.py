@@ -223,3 +223,30 @@ def test_run_directory_on_a_gfile_filesystem_trains_resumes_and_loads(tiny_data,
     assert marker["steps_run"] == 26 and marker["optimizer_iterations"] == 52
     assert rundir.load_all(run)[1].repetitions == [0, 1]
     assert not tf.io.gfile.exists(os.path.join(run, "work", group_name([0, 1])))
+
+
+def test_worker_dying_between_writes_trains_nothing_again(tmp_path, tiny_data, tiny_config):
+    """Killed after its group finished training and after writing one of the group's
+    repetitions: the rerun writes the other from the finished checkpoint, training no
+    step, and leaves the written one alone."""
+    run = str(tmp_path / "run")
+    config = tiny_config.replace(num_repetitions=2, group_size=2, epochs=2)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_rep_0(event):
+        if event.get("event") == "rep_complete" and event["rep"] == 0:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train_worker(run, tiny_data["train"], None, config, 0, 1, verbose=0, log=quiet,
+                     events=crash_after_rep_0)
+    assert rundir.is_complete(run, 0) and not rundir.is_complete(run, 1)
+    first = rundir.completion(run, 0)
+    report = train_worker(run, tiny_data["train"], None, None, 0, 1, verbose=0, log=quiet)
+    assert report.skipped == [0] and report.trained == [1]
+    marker = rundir.completion(run, 1)
+    assert marker["steps_run"] == 0 and marker["resumed_from"]["epoch"] == 2
+    assert marker["optimizer_iterations"] == 2 * 13
+    assert rundir.completion(run, 0) == first

@@ -26,8 +26,8 @@ def ray_runtime():
     ray.shutdown()
 
 
-def test_two_ray_workers_train_then_export_and_rerun_skips(tmp_path, tiny_data, tiny_config,
-                                                         ray_runtime):
+def test_two_ray_workers_train_then_export_and_rerun_skips(tmp_path, tiny_data,
+                                                           tiny_config, ray_runtime):
     import tensorflow as tf
 
     from export.stitch import export_model

@@ -66,8 +66,8 @@ def test_slurm_script_passes_index_and_count_the_cli_accepts():
     first, last = map(int, re.search(r"--array=(\d+)-(\d+)", script).group(1, 2))
     command = script[script.index("srun ") + len("srun "):].replace("\\\n", " ")
     # what Slurm's shell makes of it in array task 3
-    command = command.replace("$SLURM_ARRAY_TASK_ID", "3").replace("$SLURM_CPUS_PER_TASK",
-                                                                    "4")
+    for var, value in (("$SLURM_ARRAY_TASK_ID", "3"), ("$SLURM_CPUS_PER_TASK", "4")):
+        command = command.replace(var, value)
     argv = shlex.split(command)
     args = build_parser().parse_args(argv[1:])
     assert args.command == "train" and args.worker_index == 3

@@ -81,9 +81,8 @@ def run_benchmark(workers=(1, 2), num_labels=2000, num_features=5000, num_train=
                                       epochs=epochs, batch_size=batch_size,
                                       group_size=group_size, seed=0)
         load_before = round(os.getloadavg()[0], 2)
-        ray.init(num_cpus=max(workers), num_gpus=0, include_dashboard=False,
-                 log_to_driver=False,
-                 logging_level="WARNING")
+        ray.init(address="local", num_cpus=max(workers), num_gpus=0,
+                 include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         rows = {n: None for n in workers}
         try:
             # Alternate the order between repeats (1,2 then 2,1 ...) so that a change in

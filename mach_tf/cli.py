@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--launcher", choices=("local", "ray"), default="local",
                    help="local: --workers processes on this machine; ray: --num-workers "
                         "Ray tasks")
-    t.add_argument("--ray-address", help="Ray cluster to join (default: start a local "
-                                         "Ray runtime)")
+    t.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else "
+                                         "start a local Ray runtime)")
     t.add_argument("--max-retries", type=int, default=3,
                    help="Ray: times a worker task is retried after its process dies")
     t.add_argument("--threads", type=int, help="TensorFlow threads per worker")

@@ -116,7 +116,8 @@ def train_ray(run: str, train: str, valid: str | None = None,
     """Trains every repetition with ``num_workers`` Ray tasks.
 
     Uses the Ray runtime this process is already connected to, else connects to
-    ``address``, else starts a local one (shut down again at the end).
+    ``address`` (or ``RAY_ADDRESS``), else starts a local one of its own (shut down again
+    at the end).
 
     Args:
         run: The run directory (a path every Ray node can reach).
@@ -169,8 +170,9 @@ def train_ray(run: str, train: str, valid: str | None = None,
         return summary
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        # "local": a new runtime of our own, never one another user started on this host
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local",
+                 include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         resources = ray.cluster_resources()
         use_gpu = resources.get("GPU", 0) >= 1

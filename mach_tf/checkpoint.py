@@ -30,14 +30,10 @@ from typing import Callable
 
 import tensorflow as tf
 
+from mach_tf.rundir import write_json_atomic
+
 POINTER = "checkpoint.json"
 _FILE = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    from mach_tf.rundir import write_json_atomic
-
-    write_json_atomic(path, obj)
 
 
 class GroupCheckpoint:
@@ -72,7 +68,7 @@ class GroupCheckpoint:
                  "previous": old.get("weights") if old and old.get("weights") != name
                  else (old or {}).get("previous"),
                  "history": history, "finished": bool(finished), "saved_at": time.time()}
-        _write_json_atomic(self.pointer, state)
+        write_json_atomic(self.pointer, state)
         keep = {state["weights"], state["previous"]}
         for f in tf.io.gfile.listdir(self.directory):
             if (_FILE.match(f) and f not in keep) or ".tmp-" in f:

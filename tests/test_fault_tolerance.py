@@ -250,3 +250,28 @@ def test_worker_dying_between_writes_trains_nothing_again(tmp_path, tiny_data, t
     assert marker["steps_run"] == 0 and marker["resumed_from"]["epoch"] == 2
     assert marker["optimizer_iterations"] == 2 * 13
     assert rundir.completion(run, 0) == first
+
+
+def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config):
+    """A checkpoint file damaged after its pointer was written (storage fault): the
+    previous checkpoint is restored, with its own position and history."""
+    from mach_tf.model import build_model, compile_model
+
+    config = tiny_config.replace(num_repetitions=1, group_size=1)
+    model = compile_model(build_model(config, [0]), config)
+    model.optimizer.build(model.trainable_variables)
+    ckpt = GroupCheckpoint(str(tmp_path / "checkpoint"))
+    first = [np.array(w) for w in model.get_weights()]
+    ckpt.save(model, epoch=1, step=0, global_step=13, steps_per_epoch=13,
+              history={"loss": [2.0]})
+    model.set_weights([w + 1.0 for w in first])
+    state = ckpt.save(model, epoch=1, step=5, global_step=18, steps_per_epoch=13,
+                      history={"loss": [2.0]})
+    assert state["previous"] == "ckpt-000000013.weights.h5"
+    with open(tmp_path / "checkpoint" / state["weights"], "wb") as f:
+        f.write(b"torn")
+    fresh = compile_model(build_model(config, [0]), config)
+    restored = ckpt.restore(fresh)
+    assert (restored["epoch"], restored["step"], restored["global_step"]) == (1, 0, 13)
+    for a, b in zip(fresh.get_weights(), first):
+        np.testing.assert_array_equal(a, b)

@@ -41,6 +41,9 @@ EXAMPLES = {
           # one worker of a scheduler array (index also read from TF_CONFIG,
           # JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID):
           mach-tf train --train data/tfr/train --model-dir runs/r1 --worker-index 3 --num-workers 8
+          # 8 Ray tasks on a running cluster (without --ray-address: a local Ray runtime)
+          mach-tf train --train /shared/tfr/train --model-dir /shared/runs/r1 \\
+              --launcher ray --ray-address auto --num-workers 8
     """,
     "export": """
         examples:
@@ -158,8 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-workers", type=int, help="number of workers (scheduler mode)")
     t.add_argument("--workers", type=int, default=1,
                    help="start this many local worker processes")
-    t.add_argument("--launcher", choices=("local",), default="local")
+    t.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="local: --workers processes on this machine; ray: --num-workers "
+                        "Ray tasks")
+    t.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else "
+                                         "start a local Ray runtime)")
+    t.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: times a worker task is retried after its process dies")
     t.add_argument("--threads", type=int, help="TensorFlow threads per worker")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (default: each epoch and every "
+                        "5 minutes)")
+    t.add_argument("--claim-lease", type=float, metavar="SECONDS",
+                   help="a worker's claim on a repetition expires after this long without "
+                        "a heartbeat (default 120)")
     t.add_argument("--report-json", action="store_true", help=argparse.SUPPRESS)
     t.add_argument("--verbose-fit", type=int, default=2, help=argparse.SUPPRESS)
 
@@ -269,16 +284,23 @@ def _train_config(a):
 def cmd_train(a) -> dict:
     from mach_tf import train as train_lib
 
+    if a.launcher == "ray":
+        return _train_ray(a)
+    if a.ray_address:
+        raise UsageError("mach-tf train: --ray-address needs --launcher ray")
     if a.workers > 1 and (a.worker_index is not None or a.num_workers is not None):
         raise UsageError("mach-tf train: use either --workers N (local processes) or "
                          "--worker-index/--num-workers (one worker of N), not both")
     train_lib.configure_threads(a.threads)
     config = _train_config(a)
+    extra = {"checkpoint_every": a.checkpoint_every, "claim_lease": a.claim_lease}
     scheduled = a.worker_index is not None or a.num_workers is not None or any(
-        os.environ.get(v) for v in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"))
+        os.environ.get(v) for v in ("TF_CONFIG", "CLUSTER_SPEC", "JOB_COMPLETION_INDEX",
+                                    "SLURM_ARRAY_TASK_ID"))
     if scheduled:
         report = train_lib.train_worker(a.model_dir, a.train, a.valid, config, a.worker_index,
-                                        a.num_workers, verbose=a.verbose_fit, log=_log)
+                                        a.num_workers, verbose=a.verbose_fit, log=_log,
+                                        **extra)
         if report.failed:
             if a.report_json:
                 print(json.dumps(report.to_dict()))
@@ -287,7 +309,7 @@ def cmd_train(a) -> dict:
         out = report.to_dict()
     else:
         out = train_lib.train(a.model_dir, a.train, a.valid, config, workers=a.workers,
-                              threads=a.threads, verbose=a.verbose_fit, log=_log)
+                              threads=a.threads, verbose=a.verbose_fit, log=_log, **extra)
         _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
              f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete")
         if out["failed"]:
@@ -296,6 +318,27 @@ def cmd_train(a) -> dict:
                                f"{next(iter(out['failed'].values()))}")
     if not a.report_json:  # the launcher's own workers leave this line to the launcher
         _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
+    return out
+
+
+def _train_ray(a) -> dict:
+    from mach_tf.launch_ray import train_ray
+
+    if a.worker_index is not None or a.workers > 1:
+        raise UsageError("mach-tf train: with --launcher ray give --num-workers N (Ray tasks), "
+                         "not --workers or --worker-index")
+    out = train_ray(a.model_dir, a.train, a.valid, _train_config(a),
+                    num_workers=a.num_workers or 1, address=a.ray_address, threads=a.threads,
+                    max_retries=a.max_retries, checkpoint_every=a.checkpoint_every,
+                    claim_lease=a.claim_lease, log=_log)
+    _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
+         f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete "
+         f"(worker attempts {out['attempts']})")
+    if out["failed"]:
+        print(json.dumps(out))
+        raise RuntimeError(f"repetitions {sorted(out['failed'])} failed: "
+                           f"{next(iter(out['failed'].values()))}")
+    _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
     return out
 
 

@@ -118,7 +118,9 @@ class Manifest:
 
     @property
     def shard_paths(self) -> list[str]:
-        parent = os.path.dirname(os.path.abspath(self.prefix or "."))
+        prefix = self.prefix or "."
+        # abspath would turn gs://b/x into CWD/gs:/b/x: remote prefixes stay as they are
+        parent = os.path.dirname(prefix if "://" in prefix else os.path.abspath(prefix))
         return [os.path.join(parent, s) for s in self.shards]
 
     @classmethod

@@ -15,7 +15,7 @@ average before and after is recorded with the settings.
 
 Communication: workers have no channel to each other (``worker_to_worker_bytes`` is 0 by
 construction: a Ray task receives its arguments from the driver and returns its report).
-What is measured is what they exchange with the driver (``driver_worker_bytes``: pickled
+What is measured is what they exchange with the driver (``driver_worker_bytes``: JSON-encoded
 task arguments, progress events and reports) and what they write to the shared run
 directory (``run_dir_bytes``, by kind; a worker reads only the run's ``config.json``,
 ``train_data.json`` and the training data, never another worker's files).

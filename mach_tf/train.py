@@ -135,8 +135,11 @@ def config_for_data(train: str, **overrides) -> MachConfig:
     """A config sized to the training data's manifest (K, D), with ``overrides``."""
     from tfrecords_tools.manifest import Manifest
 
+    from mach_tf.text_config import data_config_overrides
+
     m = Manifest.load(train)
-    return MachConfig.from_data(m.num_labels, m.num_features, **overrides)
+    num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
+    return MachConfig.from_data(m.num_labels, num_features, **overrides)
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
@@ -151,6 +154,9 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
     from tfrecords_tools.manifest import Manifest
 
     m = Manifest.load(data)
+    from mach_tf.text_config import check_data_kind
+
+    check_data_kind(config, m, role)
     beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
               for field, have, mine, want in (
                   ("num_features", m.num_features, "num_features", config.num_features),
@@ -169,6 +175,11 @@ def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = No
     """Writes (or checks) the run's config and training-data facts."""
     from tfrecords_tools.manifest import Manifest
 
+    if config.text is not None:  # count the text's document frequencies, once
+        from mach_tf.text import adapt_run
+
+        check_data(config, train, "training")
+        config = adapt_run(run, config, train)
     config = rundir.ensure_config(run, config)
     check_data(config, train, "training")
     if valid:
@@ -273,8 +284,15 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     from tfrecords_tools.manifest import Manifest
 
     steps = max(1, math.ceil(Manifest.load(train).num_examples / config.batch_size))
-    ds = training_dataset(train, config, group, shuffle=True, repeat=True)
-    val = training_dataset(valid, config, group, shuffle=False) if valid else None
+    featurizer = None
+    if config.text is not None:  # text runs featurise in the tf.data pipeline
+        from mach_tf.text import load_featurizer
+
+        featurizer = load_featurizer(run, config)
+    ds = training_dataset(train, config, group, shuffle=True, repeat=True,
+                          featurizer=featurizer)
+    val = training_dataset(valid, config, group, shuffle=False,
+                           featurizer=featurizer) if valid else None
     callbacks = [
         _nan_guard(config.learning_rate),
         _backup(os.path.join(work, "backup")),

@@ -35,7 +35,10 @@ from tfrecords_tools.text_format import query_text
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
 PREDICT_TEXT = "predict_text"
-SIGNATURES = (SERVING_DEFAULT, PREDICT_EXAMPLES, PREDICT_TEXT)
+#: The signatures every export has (XMC lines go to these).
+SIGNATURES = (SERVING_DEFAULT, PREDICT_EXAMPLES)
+#: With a text model's ``predict_text``.
+ALL_SIGNATURES = SIGNATURES + (PREDICT_TEXT,)
 LAYOUTS = ("columnar", "row")
 
 Row = tuple[list[int], list[float]]
@@ -158,8 +161,8 @@ def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar
         ValueError: for an unknown signature or layout.
         DataFormatError: for a malformed line.
     """
-    if signature not in SIGNATURES:
-        raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")
+    if signature not in ALL_SIGNATURES:
+        raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     text = _check_text(signature, text)
@@ -216,8 +219,8 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
         ValueError: for an unknown signature.
         DataFormatError: for a malformed line.
     """
-    if signature not in SIGNATURES:
-        raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")
+    if signature not in ALL_SIGNATURES:
+        raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
     text = _check_text(signature, text)
     if signature == PREDICT_TEXT:
         return predict_request({"text": text_queries(queries)}, signature, model_name,

@@ -62,12 +62,16 @@ def parse_text_line(line: str, num_labels: int | None = None) -> tuple[list[int]
     """
     m = _BAD_TEXT_CHAR.search(line)
     if m:
-        raise ValueError(f"unexpected {_describe_char(m.group())} at column {m.start() + 1}: "
+        ch = m.group()
+        what = f"control character {ch!r} (U+{ord(ch):04X})" if 0x80 <= ord(ch) <= 0x9F \
+            else _describe_char(ch)
+        raise ValueError(f"unexpected {what} at column {m.start() + 1}: "
                          f"text lines hold UTF-8 text and one tab")
-    line = line.rstrip(" \t")
     label_part, tab, text = line.partition("\t")
+    text = text.rstrip(" \t")  # trailing white space is tolerated, tabs included
     if not tab:
-        if not line.strip(" "):
+        line = line.rstrip(" ")
+        if not line:
             raise ValueError("blank line: expected 'labels<TAB>text'")
         hint = (" (the text is empty)" if re.fullmatch(r"[0-9,]+", line)
                 else " (labels may be empty: '<TAB>text')")

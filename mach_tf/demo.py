@@ -142,8 +142,8 @@ def run_demo(workdir: str = "demo-output", small: bool = False, text: bool = Fal
     times["export_s"] = time.time() - t
 
     t = time.time()
-    check = (text_serving_check if text else serving_check)(result.path, run, test_prefix,
-                                                           top_k=10)
+    check_serving = text_serving_check if text else serving_check
+    check = check_serving(result.path, run, test_prefix, top_k=10)
     metrics = evaluate(run, test_prefix, ks=(1, 3, 5))
     floor = popularity_baseline(rundir.load_label_counts(run), test_prefix, ks=(1, 3, 5))
     times["evaluate_s"] = time.time() - t

@@ -63,8 +63,8 @@ def text_spec(num_labels: int, avg_labels: float = 1.5, seed: int = 0,
     """A generator spec shaped like queries: 2 cluster words and 4 own words per label,
     each kept with probability 0.75, over a vocabulary of ``16 K`` words (at least 2,000)
     so that few labels share their own words by chance."""
-    return SyntheticSpec(num_labels=num_labels, num_features=vocabulary or max(2000,
-                                                                                16 * num_labels),
+    vocabulary = vocabulary or max(2000, 16 * num_labels)
+    return SyntheticSpec(num_labels=num_labels, num_features=vocabulary,
                          avg_labels=avg_labels, cluster_size=8, shared=2, own=4, keep=0.75,
                          noise=0, seed=seed)
 

@@ -254,6 +254,7 @@ class TextFeaturizer(keras.layers.Layer):
 # -- the featuriser of a run ---------------------------------------------------------------
 _UNADAPTED = {"num_documents": None, "statistics_sha256": None, "fold_table_sha256": None}
 
+
 def statistics_sha256(document_frequency: np.ndarray) -> str:
     """SHA-256 of document frequencies as little-endian int64 (recorded in the config)."""
     arr = np.ascontiguousarray(np.asarray(document_frequency, dtype="<i8"))

@@ -47,10 +47,10 @@ def random_texts(n, seed=0, max_len=40):
     """Adversarial strings: cases, accents composed and decomposed, compatibility forms,
     other scripts, emoji, controls, odd white space, repeats."""
     rng = random.Random(seed)
-    alphabet = (list("abcdeABCDE    ,.!-_'/") + ["é", "É", "ß", "ﬁ", "İ", "ı", "Σ", "ς",
-                "①", "½", "ｆ", "Ｇ", "\u0301", "\u0308", "न", "म", "स्", "😀", "\u00a0",
-                "\u2028", "\x00", "\t", "中", "文", "\ufffd", "\u200b", "\U0001d400", "Å",
-                "Ω", "ǅ", "ŉ"])
+    alphabet = list("abcdeABCDE    ,.!-_'/") + [
+        "é", "É", "ß", "ﬁ", "İ", "ı", "Σ", "ς", "①", "½", "ｆ", "Ｇ", "\u0301", "\u0308", "न",
+        "म", "स्", "😀", "\u00a0", "\u2028", "\x00", "\t", "中", "文", "\ufffd", "\u200b",
+        "\U0001d400", "Å", "Ω", "ǅ", "ŉ"]
     return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, max_len)))
             for _ in range(n)]
 

@@ -92,8 +92,8 @@ def test_file_faults(tmp_path):
 def test_tolerated_variations(tmp_path):
     raw = ("\ufeff0\tred shoes\r\n1\tblue  \t \r\n2\tgreen").encode() + b"\n\n\n"
     points = list(TextQueryReader(text_file(tmp_path, [], raw=raw)))
-    assert [(p.labels, p.text) for p in points] == [([0], "red shoes"), ([1], "blue"),
-                                                     ([2], "green")]
+    assert [(p.labels, p.text) for p in points] == [
+        ([0], "red shoes"), ([1], "blue"), ([2], "green")]
     gz = text_file(tmp_path, [], name="q.gz", raw=gzip.compress(b"0\tred\n1\tblue\n"))
     assert [p.text for p in TextQueryReader(gz)] == ["red", "blue"]
 
@@ -145,3 +145,16 @@ def test_cli_convert_text_names_the_bad_line(tmp_path):
     res = run_cli("convert", src, tmp_path / "out", "--format", "text")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"{src}:2: a second tab at column 7" in res.stderr
+
+
+def test_verify_names_a_record_without_text(tmp_path):
+    from tfrecords_tools.convert import write_examples
+    from tfrecords_tools.manifest import ShardError
+    from tfrecords_tools.verification import verify
+
+    m = write_examples(str(tmp_path / "t"), [([0], [], [], b"red"), ([1], [], [], b"\xff"),
+                                             ([1], [], [], b"blue")], 0, 2)
+    assert m.text
+    with pytest.raises(ShardError, match=r"t-00000-of-00001.tfrecord: record 1: record holds "
+                                         r"text that is not UTF-8"):
+        verify(str(tmp_path / "t"))

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli
 from export import client
 from export import stitch
 from export import warmup as warmup_lib
@@ -205,7 +204,8 @@ def test_featuriser_bug_in_the_graph_fails_the_export(tmp_path, text_run, monkey
 
     monkeypatch.setattr(stitch, "build_archive", forgetful)
     base = tmp_path / "mach"
-    with pytest.raises(ExportError, match=r"(predict_examples|predict_text) \(tf.saved_model.load\) differs"):
+    with pytest.raises(ExportError, match=r"(predict_examples|predict_text) "
+                                          r"\(tf.saved_model.load\) differs"):
         export_model(text_run, str(base), top_k=5, warmup=False)
     assert os.listdir(base) == []
 

@@ -339,3 +339,10 @@ def test_rerun_reuses_the_statistics(text_run, text_data, monkeypatch):
     other = config.replace(text={**config.text, "char_ngrams": 4})
     with pytest.raises(rundir.RunDirError, match="different config"):
         train(text_run, text_data["train"], None, other, log=lambda m: None)
+
+
+def test_demo_serving_check_for_text(text_run, text_export, text_data):
+    from mach_tf.demo import text_serving_check
+
+    check = text_serving_check(text_export.path, text_run, text_data["test"], top_k=5, n=64)
+    assert check == {"serving_check": True, "serving_queries": 64}

@@ -213,3 +213,28 @@ def test_settings_round_trip_through_the_config():
 def test_bad_settings_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         MachConfig.from_data(100, 4096, text={**TextSettings().to_dict(), **change})
+
+
+# -- synthetic queries ---------------------------------------------------------------------
+def test_synthetic_queries_are_deterministic_and_roughened(tmp_path):
+    from mach_tf.synthetic_text import (NOISE_WORDS, TextNoise, generate_text, text_spec,
+                                        word)
+    from tfrecords_tools.text_format import TextQueryReader
+
+    spec = text_spec(50, seed=7)
+    first = list(generate_text(spec, 300, seed=1))
+    assert first == list(generate_text(spec, 300, seed=1))
+    assert first != list(generate_text(spec, 300, seed=2))
+    vocabulary = {word(spec, f) for f in range(spec.num_features)} | set(NOISE_WORDS)
+    assert len(vocabulary) == spec.num_features + len(NOISE_WORDS)  # words are distinct
+    clean = list(generate_text(spec, 300, seed=1, noise=TextNoise(1.0, 0, 0, 0, 0)))
+    assert all(w in vocabulary for _, text in clean for w in text.split())
+    assert [labels for labels, _ in clean] == [labels for labels, _ in first]
+    rough = [w for _, text in first for w in text.split()]
+    assert sum(w not in vocabulary for w in rough) > 0.15 * len(rough)  # typos, case, ...
+    assert {fold_text(w).strip() for w in rough} - vocabulary  # misspellings survive folding
+    from mach_tf.synthetic_text import write_text
+
+    path = write_text(tmp_path / "q.tsv", spec, 100, seed=3)
+    points = list(TextQueryReader(path, num_labels=50))
+    assert len(points) == 100 and all(p.labels and p.text for p in points)

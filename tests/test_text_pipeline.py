@@ -41,16 +41,17 @@ def text_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, text_data):
-    """A run trained from text (do not modify it)."""
+    """A run trained from text by two local worker processes (do not modify it)."""
     from mach_tf.train import config_for_data, train
 
     config = config_for_data(text_data["train"], num_buckets=16, num_repetitions=4,
                              hidden_units=[32], epochs=3, batch_size=64, group_size=2,
                              learning_rate=3e-3, seed=1, text_features=4096, char_ngrams=3)
     run = str(tmp_path_factory.mktemp("text_run") / "run")
-    summary = train(run, text_data["train"], None, config, workers=1, verbose=0,
+    summary = train(run, text_data["train"], None, config, workers=2, verbose=0,
                     log=lambda m: None)
-    assert summary["complete"] == 4
+    assert summary["complete"] == 4 and summary["workers"] == 2, summary
+    assert {rundir.completion(run, r)["worker"] for r in range(4)} == {0, 1}
     return run
 
 

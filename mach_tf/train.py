@@ -161,8 +161,11 @@ def config_for_data(train: str, **overrides) -> MachConfig:
     """A config sized to the training data's manifest (K, D), with ``overrides``."""
     from tfrecords_tools.manifest import Manifest
 
+    from mach_tf.text_config import data_config_overrides
+
     m = Manifest.load(train)
-    return MachConfig.from_data(m.num_labels, m.num_features, **overrides)
+    num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
+    return MachConfig.from_data(m.num_labels, num_features, **overrides)
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
@@ -177,6 +180,9 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
     from tfrecords_tools.manifest import Manifest
 
     m = Manifest.load(data)
+    from mach_tf.text_config import check_data_kind
+
+    check_data_kind(config, m, role)
     beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
               for field, have, mine, want in (
                   ("num_features", m.num_features, "num_features", config.num_features),
@@ -195,6 +201,11 @@ def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = No
     """Writes (or checks) the run's config and training-data facts."""
     from tfrecords_tools.manifest import Manifest
 
+    if config.text is not None:  # count the text's document frequencies, once
+        from mach_tf.text import adapt_run
+
+        check_data(config, train, "training")
+        config = adapt_run(run, config, train)
     config = rundir.ensure_config(run, config)
     check_data(config, train, "training")
     if valid:
@@ -301,11 +312,16 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     from tfrecords_tools.manifest import Manifest
 
     steps = max(1, math.ceil(Manifest.load(train).num_examples / config.batch_size))
+    featurizer = None
+    if config.text is not None:  # text runs featurise in the tf.data pipeline
+        from mach_tf.text import load_featurizer
+
+        featurizer = load_featurizer(run, config)
     val = None
     if valid:
         from mach_tf.data import training_dataset
 
-        val = training_dataset(valid, config, group, shuffle=False)
+        val = training_dataset(valid, config, group, shuffle=False, featurizer=featurizer)
     emit = events or (lambda e: None)
     callbacks = [
         _nan_guard(config.learning_rate),
@@ -328,7 +344,8 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         with located_read_errors(train, valid):
             hist, info = fit_resumable(
                 model,
-                lambda first, skip: epochs_dataset(train, config, group, first, skip, steps),
+                lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
+                                                   featurizer),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
                 callbacks=callbacks, validation_data=val, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)
@@ -363,7 +380,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
 
 
 def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
-                   skip: int, steps: int):
+                   skip: int, steps: int, featurizer=None):
     """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
     first left out. Epoch ``e`` is shuffled with seed ``config.seed + e`` alone, so a
     resumed group sees exactly the batches an uninterrupted one would."""
@@ -371,7 +388,8 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
 
     out = None
     for e in range(first, config.epochs):
-        ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e)
+        ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e,
+                              featurizer=featurizer)
         ds = ds.take(steps)
         if e == first and skip:
             ds = ds.skip(skip)  # reads, but does not train on, the batches already done

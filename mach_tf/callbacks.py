@@ -43,7 +43,7 @@ class MergedDecoder:
     classes, as :class:`mach_tf.inference.MergedScorer` decides)."""
 
     def __init__(self, config: MachConfig, repetitions: Sequence[int]):
-        from mach_tf.inference import DEFAULT_CANDIDATE_BUCKETS, resolve_decoder
+        from mach_tf.inference import DEFAULT_CANDIDATE_BUCKETS, candidate_index, resolve_decoder
 
         self.config = config
         family = config.hash_family.subset(list(repetitions))
@@ -53,11 +53,10 @@ class MergedDecoder:
         if self.decoder == "exact":
             self.table = tf.constant(family.table(config.num_classes))
         else:
-            offsets, classes = family.inverted_index(config.num_classes)
-            self.offsets = tf.constant(offsets)
-            self.classes = tf.constant(classes.reshape(-1))
-            self.hash_a = tf.constant(family.a, tf.int64)
-            self.hash_b = tf.constant(family.b, tf.int64)
+            index = candidate_index(family, config.num_classes)
+            self.offsets = tf.constant(index["offsets"])
+            self.classes = tf.constant(index["classes"])
+            self.class_slots = tf.constant(index["class_slots"])
 
     def topk(self, bucket_scores, k: int):
         """``(scores, class_ids)`` ``[batch, k]`` from bucket scores ``[batch, R', B]``."""
@@ -65,10 +64,8 @@ class MergedDecoder:
 
         if self.decoder == "exact":
             return exact_topk(bucket_scores, self.table, k)
-        c = self.config
-        return candidate_topk(bucket_scores, self.offsets, self.classes, self.hash_a,
-                              self.hash_b, c.num_buckets, c.num_classes, self.m, k,
-                              self.family.prime)
+        return candidate_topk(bucket_scores, self.offsets, self.classes, self.class_slots,
+                              self.m, k)
 
 
 def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.ndarray:

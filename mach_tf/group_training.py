@@ -39,7 +39,7 @@ class GroupSetup:
 
 def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: str,
                 valid: str | None = None, run: str | None = None,
-                cache_dir: str | None = None) -> GroupSetup:
+                cache_dir: str | None = None, featurizer=None) -> GroupSetup:
     """Prepares the training of ``model`` (holding ``repetitions``) and sets its feature
     weights.
 
@@ -52,6 +52,7 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
         run: The run directory: its complete repetitions join the merged validation, and
             the split is recorded there. ``None`` for a model trained alone (the tuner).
         cache_dir: Where the feature weights are kept (default ``run``).
+        featurizer: The run's :class:`mach_tf.text.TextFeaturizer` for text data.
 
     Returns:
         A :class:`GroupSetup`.
@@ -68,7 +69,7 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             raise ValueError("feature weighting needs a run or cache directory")
         model.sparse_input.set_feature_weights(
             run_feature_weights(weights_dir, config, train, split.train_filter()))
-    sample = load_sample(split, sample_budget(config))
+    sample = load_sample(split, sample_budget(config), featurizer=featurizer)
     done, done_scores = [], None
     if run is not None:
         record_split(run, split, sample)
@@ -76,7 +77,7 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             done, done_scores = completed_scores(run, config, sample, exclude=repetitions)
     steps = steps_per_epoch(split, config.batch_size)
     dataset = training_dataset(train, config, repetitions, shuffle=True, repeat=True,
-                               record_filter=split.train_filter())
+                               record_filter=split.train_filter(), featurizer=featurizer)
     callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
     return GroupSetup(split, sample, steps, dataset, callbacks, done)
 

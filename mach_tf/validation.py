@@ -124,9 +124,10 @@ class ValidationSample:
         return [y for _, labels in self.batches for y in labels]
 
 
-def load_sample(split: DataSplit, max_examples: int, batch_size: int = 256
-                ) -> ValidationSample | None:
-    """The first ``max_examples`` validation points of ``split`` (``None`` without any).
+def load_sample(split: DataSplit, max_examples: int, batch_size: int = 256,
+                featurizer=None) -> ValidationSample | None:
+    """The first ``max_examples`` validation points of ``split`` (``None`` without any),
+    text data featurised by ``featurizer``.
 
     Raises:
         ValueError: when the split holds out no point at all (too small a fraction for
@@ -137,7 +138,8 @@ def load_sample(split: DataSplit, max_examples: int, batch_size: int = 256
     if split.valid is None:
         return None
     batches, n = [], 0
-    for inputs, labels in evaluation_dataset(split.valid, batch_size, split.valid_filter()):
+    for inputs, labels in evaluation_dataset(split.valid, batch_size, featurizer,
+                                              record_filter=split.valid_filter()):
         take = min(len(labels.row_lengths()), max_examples - n)
         batches.append(({k: v.numpy()[:take] for k, v in inputs.items()},
                         labels.to_list()[:take]))

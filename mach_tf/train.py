@@ -315,18 +315,19 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
 
         featurizer = load_featurizer(run, config)
     # Data split, feature weights, merged validation and early stopping: group_training.
-    setup = setup_group(model, config, group, train, valid, run=run, featurizer=featurizer)
+    from tfrecords_tools.verification import located_read_errors
+
+    with located_read_errors(train, valid):  # reads the validation sample (and idf)
+        setup = setup_group(model, config, group, train, valid, run=run,
+                            featurizer=featurizer)
     steps = setup.steps
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
-    callbacks = [
-        _nan_guard(config.learning_rate),
-        *setup.callbacks,
-        keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
-                                    profile_batch=0),
-    ]
+    callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
+    reporting = [keras.callbacks.TensorBoard(os.path.join(run, "logs", name),
+                                             write_graph=False, profile_batch=0)]
     if events is not None:
-        callbacks.append(_progress_callback(emit, worker, group, config.epochs))
+        reporting.append(_progress_callback(emit, worker, group, config.epochs))
     state = GroupCheckpoint(ckpt_dir).state()
     if state is not None:
         emit({"event": "resume", "worker": worker, "reps": group, "epoch": state["epoch"],
@@ -335,8 +336,6 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
             f"step {state['step']} of {steps} (global step {state['global_step']})")
     check = claims.check if claims is not None else None
     t0 = time.time()
-    from tfrecords_tools.verification import located_read_errors
-
     try:
         with located_read_errors(train, valid):
             hist, info = fit_resumable(
@@ -344,7 +343,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
                                                    featurizer, setup.split.train_filter()),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
-                callbacks=callbacks, verbose=verbose,
+                callbacks=callbacks, after_checkpoint=reporting, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)
     except UnreadableCheckpointError as e:
         # A torn checkpoint must not fail every rerun: report it and start the group over.

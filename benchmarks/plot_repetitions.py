@@ -25,22 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def subset_metrics(run: str, test: str, r: int) -> dict:
     """P@k, nDCG@k and PSP@k of the merge of repetitions ``0 .. r-1`` of ``run``."""
-    from mach_tf import rundir
-    from mach_tf.data import evaluation_dataset
-    from mach_tf.evaluate import inverse_propensities
-    from mach_tf.inference import MergedScorer
-    from mach_tf.metrics import RankingMetrics
+    from mach_tf.evaluate import evaluate
 
-    config = rundir.load_config(run)
-    reps = list(range(r))
-    sub = config.replace(num_repetitions=r,
-                         hashing=config.hash_family.subset(reps).to_dict())
-    _, stacked = rundir.load_all(run, reps)
-    scorer = MergedScorer(sub, stacked, "exact")
-    metrics = RankingMetrics((1, 3, 5), inverse_propensities(run, config.num_classes))
-    for inputs, labels in evaluation_dataset(test, scorer.eval_batch_size()):
-        metrics.update(scorer.topk(inputs, 5)[1].numpy(), labels.to_list())
-    return metrics.result()
+    return evaluate(run, test, decoder="exact", repetitions=r)
 
 
 def plot(name: str, rows: list[dict], path: str) -> None:

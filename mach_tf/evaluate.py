@@ -59,7 +59,7 @@ def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 
 
 def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
              candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
-             batch_size: int | None = None) -> dict:
+             batch_size: int | None = None, repetitions: int | None = None) -> dict:
     """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
 
     Args:
@@ -69,22 +69,43 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         decoder: For run directories: ``exact``, ``candidates`` or ``auto``.
         candidate_buckets: m for candidate decoding.
         batch_size: Evaluation batch size (default: sized to K).
+        repetitions: For run directories: merge only the first this many repetitions
+            (default all R), to see what more repetitions buy.
 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
-        known), ``num_examples``, ``seconds``, ``model`` and ``decoder``.
+        known), ``num_examples``, ``seconds``, ``model``, ``decoder`` and ``repetitions``
+        (merged; ``None`` for exports).
 
     Raises:
         mach_tf.rundir.RunDirError: test data beyond the model's dimensions.
         tfrecords_tools.ShardError: naming a corrupt or truncated test shard.
+        ValueError: ``repetitions`` out of range, or given for an export.
     """
     from tfrecords_tools.verification import located_read_errors
 
     with located_read_errors(test):
-        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size)
+        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
+                         repetitions)
 
 
-def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
+def _first_repetitions(model: str, repetitions: int | None):
+    """``(config, stacked model)`` of the run's first ``repetitions`` (all by default),
+    the config narrowed to them so they merge as a model of their own."""
+    config = rundir.load_config(model)
+    num = config.num_repetitions
+    if repetitions is None or repetitions == num:
+        return rundir.load_all(model)
+    if not 1 <= repetitions <= num:
+        raise ValueError(f"repetitions: {model} has {num} repetitions, asked to merge "
+                         f"{repetitions}")
+    reps = list(range(repetitions))
+    _, stacked = rundir.load_all(model, reps)
+    return config.replace(num_repetitions=repetitions,
+                          hashing=config.hash_family.subset(reps).to_dict()), stacked
+
+
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions) -> dict:
     from mach_tf.data import evaluation_dataset
     from mach_tf.train import check_data
 
@@ -92,7 +113,7 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
     kmax = max(ks)
     t0 = time.time()
     if is_run_dir(model):
-        config, stacked = rundir.load_all(model)
+        config, stacked = _first_repetitions(model, repetitions)
         check_data(config, test, "test")
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
@@ -106,7 +127,11 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
             _, ids = scorer.topk(inputs, kmax)
             metrics.update(ids.numpy(), labels.to_list())
         used = scorer.decoder
+        merged = config.num_repetitions
     else:
+        if repetitions is not None:
+            raise ValueError("repetitions: an export merges all of its repetitions; give "
+                             "the run directory to evaluate fewer")
         path = resolve_export(model)
         info = os.path.join(path, "assets.extra", "mach_tf.json")
         if tf.io.gfile.exists(info):  # the run config the export was made from
@@ -129,6 +154,8 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
             metrics.update(ids, labels.to_list())
         used = "export"
         model = path
+        merged = None
     result = metrics.result()
-    result.update(seconds=round(time.time() - t0, 3), model=model, decoder=used)
+    result.update(seconds=round(time.time() - t0, 3), model=model, decoder=used,
+                  repetitions=merged)
     return result

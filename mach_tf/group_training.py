@@ -23,7 +23,6 @@ class GroupSetup:
         split: Where training and validation points come from.
         sample: The validation points the merged metric scores (``None``: no validation).
         steps: Optimizer steps per epoch.
-        dataset: The repeated, shuffled ``(inputs, targets)`` training batches.
         callbacks: Merged validation, then early stopping and the plateau schedule (put
             them before any callback that reads their logs, e.g. TensorBoard).
         done_repetitions: Complete repetitions of the run merged into the validation.
@@ -32,7 +31,6 @@ class GroupSetup:
     split: DataSplit
     sample: ValidationSample | None
     steps: int
-    dataset: object
     callbacks: list
     done_repetitions: list
 
@@ -58,7 +56,6 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
         A :class:`GroupSetup`.
     """
     from mach_tf.callbacks import completed_scores, training_callbacks
-    from mach_tf.data import training_dataset
     from mach_tf.features import run_feature_weights
 
     repetitions = list(repetitions)
@@ -76,10 +73,8 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
         if sample is not None:
             done, done_scores = completed_scores(run, config, sample, exclude=repetitions)
     steps = steps_per_epoch(split, config.batch_size)
-    dataset = training_dataset(train, config, repetitions, shuffle=True, repeat=True,
-                               record_filter=split.train_filter(), featurizer=featurizer)
     callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
-    return GroupSetup(split, sample, steps, dataset, callbacks, done)
+    return GroupSetup(split, sample, steps, callbacks, done)
 
 
 def best_epoch_summary(setup: GroupSetup, config: MachConfig) -> dict:

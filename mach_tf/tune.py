@@ -141,8 +141,16 @@ class MachHyperModel(_hypermodel_base()):
         if setup.sample is None:
             raise ValueError("tuning needs validation data: give --valid or keep "
                              "validation_fraction > 0")
+        from mach_tf.train import epochs_dataset
+
+        # The batches mach-tf train gives the same group (epoch e shuffled with seed + e),
+        # so training the best config reproduces its trial.
+        epochs = epochs or config.epochs
+        batches = epochs_dataset(self.train, config.replace(epochs=epochs), reps,
+                                 initial_epoch, 0, setup.steps,
+                                 record_filter=setup.split.train_filter())
         # Ours first: the tuner's callbacks read the merged metrics from the epoch logs.
-        model.fit(setup.dataset, epochs=epochs or config.epochs, initial_epoch=initial_epoch,
+        model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=setup.steps, callbacks=[*setup.callbacks, *callbacks],
                   verbose=verbose, shuffle=False)
         best = best_epoch_summary(setup, config)
@@ -186,6 +194,10 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
         raise ValueError(f"tuner must be one of {TUNERS}, got {tuner!r}")
     t0 = time.time()
     base = base or config_for_data(train)
+    if base.text is not None:
+        raise ValueError(f"{train}: holds raw text (converted with --format text); mach-tf "
+                         f"tune searches models of sparse features only: set a text "
+                         f"model's levers with mach-tf train flags")
     if max_epochs:
         base = base.replace(epochs=int(max_epochs))
     os.makedirs(output, exist_ok=True)

@@ -11,6 +11,7 @@ from mach_tf.group_training import setup_group
 from mach_tf.inference import merged_topk_numpy
 from mach_tf.metrics import RankingMetrics
 from mach_tf.model import bucket_scores, build_model, compile_model
+from mach_tf.train import epochs_dataset
 from mach_tf.validation import DataSplit, data_split, load_sample, sample_budget
 from tfrecords_tools.dataset import make_dataset
 
@@ -119,7 +120,9 @@ def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_co
     setup = setup_group(model, config, reps, tiny_data["train"], run=str(tmp_path / "run"))
     compile_model(model, config, setup.steps)
     monitor = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
-    hist = model.fit(setup.dataset, epochs=config.epochs, steps_per_epoch=setup.steps,
+    batches = epochs_dataset(tiny_data["train"], config, reps, 0, 0, setup.steps,
+                             record_filter=setup.split.train_filter())
+    hist = model.fit(batches, epochs=config.epochs, steps_per_epoch=setup.steps,
                      callbacks=setup.callbacks, verbose=0, shuffle=False)
     metric = config.early_stopping_metric
     seen = [h["group"][metric] for h in monitor.history]

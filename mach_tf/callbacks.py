@@ -31,6 +31,8 @@ from mach_tf.validation import ValidationSample, eval_batch_size
 PREFIX = "merged_"
 GROUP_PREFIX = "group_merged_"
 KS = (1, 3, 5)
+INPUT_SIGNATURE = {"feature_ids": tf.TensorSpec([None, None], tf.int64),
+                   "feature_values": tf.TensorSpec([None, None], tf.float32)}
 
 
 def monitor_name(config: MachConfig) -> str:
@@ -72,7 +74,8 @@ def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.
     """The merge-ready bucket scores ``[n, G, B]`` of ``model``'s repetitions on ``sample``."""
     from mach_tf.model import bucket_scores
 
-    @tf.function(reduce_retracing=True)
+    # One trace for every batch width (the padded feature lists differ per batch).
+    @tf.function(input_signature=[INPUT_SIGNATURE])
     def score(inputs):
         return bucket_scores(model(inputs, training=False), config.loss, config.merge)
 
@@ -131,7 +134,7 @@ class MergedValidation(keras.callbacks.Callback):
         run_decoder, group_decoder = self.run_decoder, self.group_decoder
 
         @tf.function(reduce_retracing=True)
-        def fn(inputs, done):
+        def fn(inputs, done):  # traced once with and once without ``done``
             s = bucket_scores(model(inputs, training=False), config.loss, config.merge)
             group_ids = group_decoder.topk(s, kmax)[1]
             if done is None:

@@ -93,7 +93,8 @@ class MachHyperModel(_hypermodel_base()):
             width = choice("hidden_width", int) if "hidden_width" in s else b.hidden_units[0]
             layers = choice("hidden_layers", int) if "hidden_layers" in s else \
                 len(b.hidden_units)
-            changes["hidden_units"] = [width] * layers
+            # Further layers of 256, as the defaults' second layer (config.py).
+            changes["hidden_units"] = [width] + [256] * (layers - 1)
         for name in ("dropout", "learning_rate"):
             if name in s:
                 changes[name] = choice(name, float)
@@ -111,6 +112,24 @@ class MachHyperModel(_hypermodel_base()):
         r = changes.get("num_repetitions", b.num_repetitions)
         changes["group_size"] = r
         return b.replace(**changes)
+
+    def base_values(self, space) -> dict:
+        """The hyper-parameter values of the base config, for the levers of ``space`` (the
+        oracle's registered hyper-parameters) whose choices hold the base's value."""
+        b = self.base
+        wanted = {"hidden_width": b.hidden_units[0], "hidden_layers": len(b.hidden_units),
+                  "dropout": b.dropout, "learning_rate": b.learning_rate,
+                  "batch_size": b.batch_size, "loss": b.loss, "merge": b.merge,
+                  "feature_weighting": b.feature_weighting, "lr_schedule": b.lr_schedule,
+                  "bucket_factor": b.num_buckets / default_buckets(b.num_classes),
+                  "repetitions": b.num_repetitions}
+        out = {}
+        for hp in space:
+            if hp.name in wanted and wanted[hp.name] in list(hp.values):
+                out[hp.name] = wanted[hp.name]
+            else:
+                out[hp.name] = hp.default
+        return out
 
     def build(self, hp):
         from mach_tf.model import build_model, compile_model
@@ -160,6 +179,22 @@ class MachHyperModel(_hypermodel_base()):
         return out
 
 
+def _defaults_first(oracle_cls, hypermodel: MachHyperModel):
+    """``oracle_cls`` whose first trial is the base config itself, so a search never
+    reports less than the defaults it starts from."""
+    kt = _import_kt()
+
+    class DefaultsFirst(oracle_cls):
+        def populate_space(self, trial_id):
+            if not self.trials and self.hyperparameters.space:
+                return {"status": kt.engine.trial.TrialStatus.RUNNING,
+                        "values": hypermodel.base_values(self.hyperparameters.space)}
+            return super().populate_space(trial_id)
+
+    DefaultsFirst.__name__ = oracle_cls.__name__
+    return DefaultsFirst
+
+
 def tune(train: str, output: str, valid: str | None = None, base: MachConfig | None = None,
          tuner: str = "bayesian", max_trials: int = 10, max_epochs: int | None = None,
          space: dict | None = None, seed: int = 0, overwrite: bool = False,
@@ -203,14 +238,22 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
     os.makedirs(output, exist_ok=True)
     hypermodel = MachHyperModel(base, train, valid, os.path.join(output, "cache"), space)
     objective = kt.Objective(OBJECTIVE, direction="max")
-    common = dict(objective=objective, directory=output, project_name="tuner",
-                  overwrite=overwrite, seed=seed)
+    common = dict(directory=output, project_name="tuner", overwrite=overwrite)
     if tuner == "bayesian":
-        search = kt.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+        # keras-tuner's default is 3 random points per lever (33 here) before its Gaussian
+        # process guides anything; with a budget of a few trials, guide half of them.
+        initial = max(2, min(3 * len(hypermodel.space), max_trials // 2))
+        oracle = _defaults_first(kt.oracles.BayesianOptimizationOracle, hypermodel)(
+            objective=objective, max_trials=max_trials, num_initial_points=initial,
+            seed=seed)
+        search = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
     elif tuner == "random":
-        search = kt.RandomSearch(hypermodel, max_trials=max_trials, **common)
+        oracle = _defaults_first(kt.oracles.RandomSearchOracle, hypermodel)(
+            objective=objective, max_trials=max_trials, seed=seed)
+        search = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
     else:
-        search = kt.Hyperband(hypermodel, max_epochs=base.epochs, factor=3, **common)
+        search = kt.Hyperband(hypermodel, max_epochs=base.epochs, factor=3,
+                              objective=objective, seed=seed, **common)
     log(f"tune: {tuner} search over {sorted(hypermodel.space)} (objective {OBJECTIVE}), "
         f"state in {os.path.join(output, 'tuner')}")
     tensorboard = keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False,

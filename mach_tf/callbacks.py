@@ -31,8 +31,6 @@ from mach_tf.validation import ValidationSample, eval_batch_size
 PREFIX = "merged_"
 GROUP_PREFIX = "group_merged_"
 KS = (1, 3, 5)
-INPUT_SIGNATURE = {"feature_ids": tf.TensorSpec([None, None], tf.int64),
-                   "feature_values": tf.TensorSpec([None, None], tf.float32)}
 
 
 def monitor_name(config: MachConfig) -> str:
@@ -74,8 +72,8 @@ def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.
     """The merge-ready bucket scores ``[n, G, B]`` of ``model``'s repetitions on ``sample``."""
     from mach_tf.model import bucket_scores
 
-    # One trace for every batch width (the padded feature lists differ per batch).
-    @tf.function(input_signature=[INPUT_SIGNATURE])
+    # Eager: run once per group on a few thousand points, where a tf.function per call
+    # would only add a trace per group (and TensorFlow's retracing warnings).
     def score(inputs):
         return bucket_scores(model(inputs, training=False), config.loss, config.merge)
 

@@ -6,7 +6,7 @@ plots P@1, P@3 and P@5 against r (matplotlib, Agg backend)::
 
     python -m benchmarks.plot_repetitions --json --dataset bibtex --max-repetitions 32
 
-Writes the PNG (default ``benchmarks/p_at_k_vs_repetitions.png``) and prints one JSON
+Writes the PNG (default ``benchmarks/plots/p_at_k_vs_repetitions.png``) and prints one JSON
 object last.
 """
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="bibtex", help="NAME under ../shared/data or PATH")
     p.add_argument("--max-repetitions", type=int, default=32)
     p.add_argument("--workdir", default=os.path.join("work", "repetitions"))
-    p.add_argument("--output", default=os.path.join(ROOT, "benchmarks",
+    p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "plots",
                                                     "p_at_k_vs_repetitions.png"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -21,6 +21,12 @@ EXAMPLES = {
           mach-tf convert data/train.txt data/tfr/train --shards 4
           mach-tf convert data/train.svm data/tfr/train --format libsvm --compression GZIP
           mach-tf convert dirty.txt data/tfr/dirty --on-error skip   # skipped lines listed
+          mach-tf convert data/train.txt data/tfr/train --verify     # read back every record
+    """,
+    "verify": """
+        examples:
+          mach-tf verify data/tfr/train          # every shard read back and checked
+          mach-tf verify data/tfr/train --json
     """,
     "synth": """
         examples:
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="fail on the first bad line, or skip and list bad lines")
     c.add_argument("--progress", action="store_true", help="force the progress line")
+    c.add_argument("--verify", action="store_true",
+                   help="read every written record back and check it (see 'mach-tf verify')")
+
+    y = _sub(sub, "verify", "Read a converted dataset back in full and check it against its "
+                            "manifest (CRCs, schema, ids, counts).", [common])
+    y.add_argument("prefix", help="dataset prefix (PREFIX.manifest.json)")
 
     s = _sub(sub, "synth", "Write synthetic XMC data (power-law labels, prototype "
                            "features).", [common])
@@ -191,9 +203,22 @@ def cmd_convert(a) -> dict:
 
     m = convert(a.input, a.prefix, a.format, a.shards, a.compression, a.num_features,
                 a.num_labels, a.on_error, progress=True if a.progress else None, log=_log)
-    return {"prefix": a.prefix, "num_examples": m.num_examples,
-            "num_features": m.num_features, "num_labels": m.num_labels,
-            "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+    out = {"prefix": a.prefix, "num_examples": m.num_examples,
+           "num_features": m.num_features, "num_labels": m.num_labels,
+           "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+    if a.verify:
+        from tfrecords_tools.verification import verify
+
+        out["verified"] = verify(a.prefix).ok
+    return out
+
+
+def cmd_verify(a) -> dict:
+    from tfrecords_tools.verification import verify
+
+    report = verify(a.prefix)
+    _log(f"{a.prefix}: {report.num_examples} records in {len(report.shards)} shards verified")
+    return report.to_dict()
 
 
 def cmd_synth(a) -> dict:
@@ -228,8 +253,11 @@ def _train_config(a):
     overrides = {field: getattr(a, arg) for arg, field in _HPARAMS.items()
                  if getattr(a, arg) is not None}
     if a.config:
-        with open(a.config) as f:
-            base = MachConfig.from_json(f.read())
+        try:  # JSON only: a config never carries code
+            with open(a.config, encoding="utf-8") as f:
+                base = MachConfig.from_json(f.read())
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{a.config}: not a readable mach-tf config (JSON): {e}") from None
         return base.replace(**overrides) if overrides else base
     import tensorflow as tf
 
@@ -302,7 +330,7 @@ def cmd_demo(a) -> dict:
     return run_demo(a.workdir, small=a.small, log=_log)
 
 
-COMMANDS = {"convert": cmd_convert, "synth": cmd_synth, "train": cmd_train,
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "synth": cmd_synth, "train": cmd_train,
             "export": cmd_export, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "demo": cmd_demo}
 
@@ -332,6 +360,10 @@ def main(argv=None) -> int:
         if getattr(a, "verbose", False):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if type(e).__module__.startswith("tensorflow"):  # "Graph execution error:" says nothing
+            from tfrecords_tools.verification import tf_reason
+
+            msg = f"{type(e).__name__}: {tf_reason(e)}"
         print(f"mach-tf {a.command}: error: {msg}", file=sys.stderr)
         return 1
     if getattr(a, "json", False) or getattr(a, "report_json", False):

@@ -73,14 +73,27 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
         known), ``num_examples``, ``seconds``, ``model`` and ``decoder``.
+
+    Raises:
+        mach_tf.rundir.RunDirError: test data beyond the model's dimensions.
+        tfrecords_tools.ShardError: naming a corrupt or truncated test shard.
     """
+    from tfrecords_tools.verification import located_read_errors
+
+    with located_read_errors(test):
+        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size)
+
+
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
     from mach_tf.data import evaluation_dataset
+    from mach_tf.train import check_data
 
     ks = sorted(set(int(k) for k in ks))
     kmax = max(ks)
     t0 = time.time()
     if is_run_dir(model):
         config, stacked = rundir.load_all(model)
+        check_data(config, test, "test")
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
         bs = batch_size or scorer.eval_batch_size()
@@ -90,6 +103,11 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         used = scorer.decoder
     else:
         path = resolve_export(model)
+        info = os.path.join(path, "assets.extra", "mach_tf.json")
+        if tf.io.gfile.exists(info):  # the run config the export was made from
+            from mach_tf.config import MachConfig
+
+            check_data(MachConfig.from_dict(rundir.read_json(info)["config"]), test, "test")
         loaded = tf.saved_model.load(path)
         fn = loaded.signatures["serving_default"]
         metrics = RankingMetrics(ks)

@@ -31,6 +31,20 @@ def load_signature(model: str, name: str = "serving_default"):
     return loaded, loaded.signatures[name]
 
 
+def _export_num_features(model: str) -> int | None:
+    """D of the export's config, so that a bad feature id is named with its input line."""
+    import os
+
+    from mach_tf import rundir
+    from mach_tf.evaluate import resolve_export
+
+    info = os.path.join(resolve_export(model), "assets.extra", "mach_tf.json")
+    try:
+        return int(rundir.read_json(info)["config"]["num_features"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an export without its info file: the signature still checks ids
+
+
 def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
                   batch_size: int = 256, source: str = "<stdin>") -> int:
     """Answers every data line (``[labels] id:value ...``) with one JSON line.
@@ -46,6 +60,7 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
     import tensorflow as tf
 
     _loaded, fn = load_signature(model)
+    num_features = _export_num_features(model)
     n = 0
     batch: list[tuple[list[int], list[float]]] = []
 
@@ -72,7 +87,7 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
         if not text.strip():
             continue
         try:
-            _labels, ids, vals = parse_line(text)
+            _labels, ids, vals = parse_line(text, num_features)
         except ValueError as e:
             raise DataFormatError(source, lineno, str(e)) from None
         batch.append((ids, vals))

@@ -96,16 +96,38 @@ def configure_threads(threads: int | None) -> None:
 
 
 # -- run preparation -----------------------------------------------------------------------
-def count_labels(data, num_classes: int) -> tuple[np.ndarray, int]:
-    """``(counts [K], num_examples)``: training frequency of every label."""
-    from tfrecords_tools.dataset import make_dataset
+def count_labels(data, num_classes: int, num_features: int | None = None
+                 ) -> tuple[np.ndarray, int]:
+    """``(counts [K], num_examples)``: training frequency of every label.
 
+    This is the one full pass over the training data before training, so it also checks
+    what the manifest cannot promise: every label below ``num_classes`` and every feature
+    id below ``num_features`` (nothing is clipped), and as many records as the manifest
+    says. A corrupt shard is named
+    (:func:`tfrecords_tools.verification.located_read_errors`).
+
+    Raises:
+        tfrecords_tools.ShardError: naming the shard at fault.
+    """
+    from tfrecords_tools.dataset import make_dataset
+    from tfrecords_tools.manifest import Manifest
+    from tfrecords_tools.verification import located_read_errors, locate
+
+    m = Manifest.load(data)
     counts = np.zeros(num_classes, dtype=np.int64)
     n = 0
-    for batch in make_dataset(data, 8192, shuffle=False):
-        labels = batch["labels"]
-        counts += np.bincount(labels.flat_values.numpy(), minlength=num_classes)[:num_classes]
-        n += int(labels.nrows())
+    with located_read_errors(m):
+        for batch in make_dataset(m, 8192, shuffle=False):
+            labels = batch["labels"].flat_values.numpy()
+            ids = batch["feature_ids"].flat_values.numpy()
+            if (labels.size and (labels.min() < 0 or labels.max() >= num_classes)) or (
+                    num_features is not None and ids.size
+                    and (ids.min() < 0 or ids.max() >= num_features)):
+                raise locate(m)
+            counts += np.bincount(labels, minlength=num_classes)
+            n += int(batch["labels"].nrows())
+    if n != m.num_examples:
+        raise locate(m)
     return counts, n
 
 
@@ -118,15 +140,29 @@ def config_for_data(train: str, **overrides) -> MachConfig:
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
-    """Refuses data whose dimensions exceed the run's config, before training starts."""
+    """Refuses data the run's config cannot take, before training or evaluation starts.
+
+    The manifest's dimensions are declared ones (the converter refuses any id beyond
+    them), so data whose dimensions fit the config holds only ids the model knows.
+
+    Raises:
+        mach_tf.rundir.RunDirError: naming the data, the field and both values.
+    """
     from tfrecords_tools.manifest import Manifest
 
     m = Manifest.load(data)
-    if m.num_features > config.num_features or m.num_labels > config.num_classes:
+    beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
+              for field, have, mine, want in (
+                  ("num_features", m.num_features, "num_features", config.num_features),
+                  ("num_labels", m.num_labels, "num_classes", config.num_classes))
+              if have > want]
+    if beyond:
         raise rundir.RunDirError(
-            f"{data}: {role} data has num_features={m.num_features}, "
-            f"num_labels={m.num_labels}, beyond the run's config (num_features="
-            f"{config.num_features}, num_classes={config.num_classes})")
+            f"{m.path}: {role} data has " + "; ".join(beyond) + " (its ids may lie "
+            "beyond what the model knows); convert it with the run's dimensions or train a "
+            "new run sized to it")
+    if role == "training" and m.num_examples == 0:
+        raise rundir.RunDirError(f"{m.path}: training data has no examples")
 
 
 def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = None) -> MachConfig:
@@ -142,7 +178,7 @@ def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = No
 
     if not tf.io.gfile.exists(path):
         m = Manifest.load(train)
-        counts, n = count_labels(train, config.num_classes)
+        counts, n = count_labels(train, config.num_classes, config.num_features)
         rundir.save_label_counts(run, counts, n)
         rundir.write_json_atomic(path, {
             "train": os.path.abspath(train) if "://" not in train else train,
@@ -169,22 +205,50 @@ class WorkerReport:
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """Training of a group diverged (its loss became NaN or infinite)."""
 
 
-def _nan_guard():
+def _nan_guard(learning_rate: float):
     import keras
 
     class StopOnNonFiniteLoss(keras.callbacks.Callback):
         """Stops a group whose loss turns NaN/Inf, so no completion marker is written."""
 
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 self.model.stop_training = True
-                raise NonFiniteLossError(f"loss became {loss} at batch {batch}")
+                raise NonFiniteLossError(
+                    f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                    f"{batch + 1}: training diverged (lower the learning rate, now "
+                    f"{learning_rate:g}, or look for extreme feature values)")
 
     return StopOnNonFiniteLoss()
+
+
+class UnreadableBackupError(RuntimeError):
+    """A group's BackupAndRestore state that cannot be resumed from."""
+
+
+def _backup(path: str):
+    import keras
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        """Keras rewrites its backup files in place, so a crash while it saves can leave
+        them cut short; such a backup is reported instead of failing every rerun."""
+
+        def on_train_begin(self, logs=None):
+            try:
+                super().on_train_begin(logs)
+            except (OSError, ValueError, KeyError) as e:
+                raise UnreadableBackupError(f"{path}: {type(e).__name__}: {e}") from e
+
+    return Backup(path, save_freq="epoch", double_checkpoint=True)
 
 
 def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
@@ -212,15 +276,25 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     ds = training_dataset(train, config, group, shuffle=True, repeat=True)
     val = training_dataset(valid, config, group, shuffle=False) if valid else None
     callbacks = [
-        _nan_guard(),
-        keras.callbacks.BackupAndRestore(os.path.join(work, "backup"), save_freq="epoch",
-                                         double_checkpoint=True),
+        _nan_guard(config.learning_rate),
+        _backup(os.path.join(work, "backup")),
         keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
                                     profile_batch=0),
     ]
     t0 = time.time()
-    history = model.fit(ds, validation_data=val, epochs=config.epochs, steps_per_epoch=steps,
-                        verbose=verbose, callbacks=callbacks, shuffle=False)
+    from tfrecords_tools.verification import located_read_errors
+
+    try:
+        with located_read_errors(train, valid):
+            history = model.fit(ds, validation_data=val, epochs=config.epochs,
+                                steps_per_epoch=steps, verbose=verbose, callbacks=callbacks,
+                                shuffle=False)
+    except UnreadableBackupError as e:
+        log(f"repetitions {group}: backup unreadable ({e}); training them from the start")
+        import tensorflow as tf
+
+        tf.io.gfile.rmtree(os.path.join(work, "backup"))
+        return train_group(run, config, group, train, valid, worker, verbose, log)
     seconds = time.time() - t0
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     for g, (r, single) in enumerate(zip(group, split(model))):

@@ -1,4 +1,8 @@
-"""The serving graph: padded sparse features or tf.Examples in, merged top-k out.
+"""The serving graph: padded sparse features, tf.Examples or raw text in, merged top-k out.
+
+A model trained on text also has ``predict_text`` (query strings ``[batch]`` in): the
+run's :class:`~mach_tf.text.TextFeaturizer`, adapted statistics and normalisation table
+included, is part of the graph, so the server featurises queries exactly as training did.
 
 Everything here is stock TensorFlow ops, so TensorFlow Serving runs it as is. Large tensors
 (the class -> bucket table, the inverted index, the label names) are variables, assets and
@@ -18,6 +22,7 @@ from mach_tf.model import MachModel, bucket_scores
 METHOD_NAME = "tensorflow/serving/predict"
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
+PREDICT_TEXT = "predict_text"
 OUTPUT_KEYS = ("label_ids", "scores", "labels")
 
 
@@ -93,9 +98,11 @@ def validate_request(feature_ids, feature_values, num_features: int):
 
 
 def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
-                  candidate_buckets: int, label_names_path: str | None = None):
+                  candidate_buckets: int, label_names_path: str | None = None,
+                  featurizer=None):
     """A ``keras.export.ExportArchive`` with the ``serving_default`` and
-    ``predict_examples`` endpoints (see DESIGN.md for their tensors).
+    ``predict_examples`` endpoints (see DESIGN.md for their tensors), and ``predict_text``
+    for text models.
 
     Args:
         config: The run's config.
@@ -105,6 +112,9 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         candidate_buckets: m for candidate decoding.
         label_names_path: A file of K label names (one per line), or ``None`` to return the
             ids as strings.
+        featurizer: The run's adapted :class:`~mach_tf.text.TextFeaturizer` for a text
+            model: adds ``predict_text`` (``text`` string ``[batch]``), and
+            ``predict_examples`` then reads each example's ``text`` feature.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -132,6 +142,14 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
     def serving_default(feature_ids, feature_values):
         return answer(feature_ids, feature_values)
 
+    def predict_text(text):
+        return answer(**featurizer(text))
+
+    def predict_text_examples(examples):
+        parsed = tf.io.parse_example(examples, {
+            "text": tf.io.FixedLenFeature([], tf.string, default_value="")})
+        return predict_text(parsed["text"])
+
     def predict_examples(examples):
         # A malformed serialized example fails inside parse_example with InvalidArgument.
         parsed = tf.io.parse_example(examples, {
@@ -152,6 +170,13 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
     archive.add_endpoint(SERVING_DEFAULT, serving_default, input_signature=[
         tf.TensorSpec([None, None], tf.int64, name="feature_ids"),
         tf.TensorSpec([None, None], tf.float32, name="feature_values")])
-    archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, name="examples")])
+    examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
+    if featurizer is None:
+        archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=examples_spec)
+        return archive
+    archive.track(featurizer)
+    archive.add_endpoint(PREDICT_EXAMPLES, predict_text_examples,
+                         input_signature=examples_spec)
+    archive.add_endpoint(PREDICT_TEXT, predict_text, input_signature=[
+        tf.TensorSpec([None], tf.string, name="text")])
     return archive

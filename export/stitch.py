@@ -36,8 +36,9 @@ from mach_tf.model import bucket_scores, stack
 from mach_tf.version import __version__
 
 from export import warmup as warmup_lib
-from export.client import rows_from_padded, serialized_examples
-from export.signatures import METHOD_NAME, PREDICT_EXAMPLES, SERVING_DEFAULT, build_archive
+from export.client import rows_from_padded, serialized_examples, text_examples
+from export.signatures import (METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT,
+                               build_archive)
 
 EXPORT_INFO = "mach_tf.json"
 
@@ -109,6 +110,36 @@ def sample_inputs(run: str, config, n: int = 64, seed: int = 0) -> dict:
     ids[:, width // 2:][rng.random((n, width - width // 2)) < 0.5] = -1
     vals = np.where(ids >= 0, rng.uniform(0.5, 1.5, ids.shape), 0.0)
     return {"feature_ids": ids.astype(np.int64), "feature_values": vals.astype(np.float32)}
+
+
+#: Queries added to a text model's verification sample: the normalisation's corner cases
+#: (empty and punctuation-only queries, compatibility forms, case folding, accents composed
+#: and decomposed, other scripts, characters newer than the fold table, long and repetitive
+#: text), so the graph's fold, grams and weights are checked against the Python reference
+#: where they are most likely to differ.
+TEXT_PROBES = (
+    "", "   ", "!!! ??? ...", "Crème BRÛLÉE", "cre\u0300me bru\u0302le\u0301e",
+    "ＦＵＬＬＷＩＤＴＨ ﬁne ① ½", "Straße STRASSE", "ΣΊΣΥΦΟΣ σίσυφος", "İstanbul ıi",
+    "नमस्ते दुनिया", "中文 查询", "emoji 😀 query", "tab\there\x00nul",
+    "red " * 40, "a-b_c/d.e,f", "x" * 300,
+)
+
+
+def sample_texts(run: str, n: int = 64) -> list[str]:
+    """Texts of a text model's verification sample: the first ``n`` training texts when
+    the training data is still there, then :data:`TEXT_PROBES`."""
+    texts: list[str] = []
+    info = os.path.join(run, rundir.TRAIN_DATA)
+    if tf.io.gfile.exists(info):
+        train = rundir.read_json(info).get("train")
+        try:
+            from tfrecords_tools.dataset import make_dataset
+
+            batch = next(iter(make_dataset(train, n, shuffle=False, with_text=True)))
+            texts = [t.decode("utf-8") for t in batch["text"].numpy()]
+        except (FileNotFoundError, ValueError, StopIteration, tf.errors.OpError):
+            texts = []
+    return texts + list(TEXT_PROBES)
 
 
 def _row_agrees(ia, sa, ib, sb, atol: float) -> bool:
@@ -206,7 +237,19 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
     if tf.io.gfile.exists(final):
         raise ExportError(f"{final} already exists; pick another --version or leave it out "
                           f"to take the next one ({(versions[-1] + 1) if versions else 1})")
-    sample = sample_inputs(model_dir, config)
+    featurizer = texts = None
+    if config.text is not None:
+        # Text models: the sample's features come from the Python reference featuriser, so
+        # predict_text on the raw strings is checked against featurising outside the graph.
+        from mach_tf.predict import pad_batch
+        from mach_tf.text import load_featurizer
+        from mach_tf.text_reference import featurize_like
+
+        featurizer = load_featurizer(model_dir, config)
+        texts = sample_texts(model_dir)
+        sample = pad_batch(featurize_like(featurizer, texts))
+    else:
+        sample = sample_inputs(model_dir, config)
     reference = reference_bucket_scores(config, singles, sample) if verify else None
     model = stack(singles)
     del singles
@@ -218,28 +261,31 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
             if label_names else None
         say(f"export: {config.num_repetitions} repetitions, K={config.num_classes}, "
             f"decoder={decoder}, top_k={top_k}")
-        archive = build_archive(config, model, top_k, decoder, candidate_buckets, names)
+        archive = build_archive(config, model, top_k, decoder, candidate_buckets, names,
+                                featurizer=featurizer)
         archive.write_out(tmp, verbose=False)
         del archive, model
         gc.collect()
         checked = 0
         if verify:
             expected = reference_topk(config, reference, decoder, candidate_buckets, top_k)
-            checked = verify_export(tmp, final, sample, expected, names)
-            say(f"export: both signatures reproduced the in-Python top-{top_k} on {checked} "
-                f"queries (tf.saved_model.load and the v1 session loader)")
+            checked = verify_export(tmp, final, sample, expected, names, texts)
+            say(f"export: {'all three' if texts is not None else 'both'} signatures "
+                f"reproduced the in-Python top-{top_k} on {checked} queries "
+                f"(tf.saved_model.load and the v1 session loader)")
         extra = os.path.join(tmp, "assets.extra")
         tf.io.gfile.makedirs(extra)
         if warmup:
             warmup_lib.write_warmup(os.path.join(extra, warmup_lib.WARMUP_FILE), sample,
-                                    num_requests=8)
+                                    num_requests=8, texts=texts)
         with tf.io.gfile.GFile(os.path.join(extra, EXPORT_INFO), "w") as f:
             json.dump({"config": config.to_dict(), "decoder": decoder, "top_k": top_k,
                        "candidate_buckets": candidate_buckets,
                        "scores": "mean over repetitions of the bucket "
                                  + ("probability" if config.merge == "prob"
                                     else "log-probability"),
-                       "signatures": [SERVING_DEFAULT, PREDICT_EXAMPLES],
+                       "signatures": [SERVING_DEFAULT, PREDICT_EXAMPLES]
+                       + ([PREDICT_TEXT] if featurizer is not None else []),
                        "mach_tf_version": __version__, "model_dir": model_dir}, f, indent=2)
         tf.io.gfile.rename(tmp, final)
     except BaseException:
@@ -253,20 +299,34 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
                         round(time.time() - t0, 3))
 
 
-def _session_outputs(path: str, feeds: dict) -> dict:
-    """``serving_default`` run the way TensorFlow Serving runs it: v1 loader, tensor names."""
+def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
+    """Signatures run the way TensorFlow Serving runs them: v1 loader, tensor names."""
+    out = {}
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
-        sig = meta.signature_def[SERVING_DEFAULT]
-        if sig.method_name != METHOD_NAME:
-            raise ExportError(f"{path}: {SERVING_DEFAULT} has method {sig.method_name!r}, "
-                              f"TensorFlow Serving's predict API needs {METHOD_NAME!r}")
-        fetch = {k: v.name for k, v in sig.outputs.items()}
-        return sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
+        for name, feeds in feeds_by_signature.items():
+            sig = meta.signature_def[name]
+            if sig.method_name != METHOD_NAME:
+                raise ExportError(f"{path}: {name} has method {sig.method_name!r}, "
+                                  f"TensorFlow Serving's predict API needs {METHOD_NAME!r}")
+            fetch = {k: v.name for k, v in sig.outputs.items()}
+            out[name] = sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
+    return out
 
 
-def verify_export(path: str, final: str, sample: dict, expected, names: str | None) -> int:
+def verify_export(path: str, final: str, sample: dict, expected, names: str | None,
+                  texts: list[str] | None = None) -> int:
     """Checks the SavedModel at ``path`` against the reference top-k ``expected``.
+
+    Args:
+        path: The written SavedModel.
+        final: Its final path (for messages).
+        sample: Padded ``feature_ids`` / ``feature_values`` of the sample queries.
+        expected: ``(scores, ids)`` of the reference decoding of ``sample``.
+        names: The staged label-names file, or ``None``.
+        texts: For a text model, the sample's raw strings (``sample`` is their Python
+            reference featurisation): ``predict_text`` gets them as strings and
+            ``predict_examples`` as tf.Examples with a ``text`` feature.
 
     Returns:
         The number of queries checked.
@@ -277,8 +337,11 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     ref_s, ref_i = expected
     n = int(sample["feature_ids"].shape[0])
     feeds = {k: np.asarray(v) for k, v in sample.items()}
-    examples = serialized_examples(rows_from_padded(feeds["feature_ids"],
-                                                    feeds["feature_values"]))
+    if texts is None:
+        examples = serialized_examples(rows_from_padded(feeds["feature_ids"],
+                                                        feeds["feature_values"]))
+    else:
+        examples = text_examples(texts)
     loaded = tf.saved_model.load(path)
     outputs = {
         f"{SERVING_DEFAULT} (tf.saved_model.load)":
@@ -286,10 +349,17 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
         f"{PREDICT_EXAMPLES} (tf.saved_model.load)":
             loaded.signatures[PREDICT_EXAMPLES](examples=tf.constant(examples)),
     }
+    session_feeds = {SERVING_DEFAULT: feeds}
+    if texts is not None:
+        text_feed = np.asarray([t.encode("utf-8") for t in texts], dtype=object)
+        outputs[f"{PREDICT_TEXT} (tf.saved_model.load)"] = \
+            loaded.signatures[PREDICT_TEXT](text=tf.constant(text_feed))
+        session_feeds[PREDICT_TEXT] = {"text": text_feed}
     outputs = {k: {name: np.asarray(t) for name, t in v.items()} for k, v in outputs.items()}
     del loaded
     gc.collect()
-    outputs[f"{SERVING_DEFAULT} (v1 session loader)"] = _session_outputs(path, feeds)
+    for name, out in _session_outputs(path, session_feeds).items():
+        outputs[f"{name} (v1 session loader)"] = out
     label_of = None
     if names is not None:
         with open(names, encoding="utf-8") as f:
@@ -297,9 +367,10 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     for where, out in outputs.items():
         bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
         if bad:
+            query = f" {texts[bad[0]]!r}" if texts is not None else ""
             raise ExportError(
                 f"{final}: {where} differs from the in-Python merged top-{ref_i.shape[1]} "
-                f"on {len(bad)} of {n} sample queries (first: query {bad[0]}, "
+                f"on {len(bad)} of {n} sample queries (first: query {bad[0]}{query}, "
                 f"{out['label_ids'][bad[0]].tolist()} vs {ref_i[bad[0]].tolist()}); the "
                 f"export was discarded")
         ids = out["label_ids"]

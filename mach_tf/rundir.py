@@ -7,7 +7,9 @@ Layout::
     RUN/label_counts.npy         training frequency of every label (floors, propensities)
     RUN/rep-007/model.keras      repetition 7's trained network (a single-repetition model)
     RUN/rep-007/COMPLETE.json    completion marker, written last
-    RUN/work/group-.../backup/   BackupAndRestore state of a group being trained
+    RUN/rep-007/claims/          which worker holds repetition 7 (mach_tf/claims.py)
+    RUN/work/group-.../checkpoint/  step checkpoints of a group being trained
+                                 (mach_tf/checkpoint.py)
     RUN/logs/                    TensorBoard event files
 
 Every file is written under a temporary name and renamed into place, so an interrupted

@@ -39,9 +39,9 @@ def test_missing_repetitions(run_copy, tmp_path):
 
 def test_unfinished_repetitions(run_copy, tmp_path):
     os.remove(os.path.join(rundir.rep_dir(run_copy, 1), rundir.COMPLETE))
-    # a group whose training started (BackupAndRestore state) but never saved
+    # a group whose training started (checkpoint state) but never saved
     shutil.rmtree(rundir.rep_dir(run_copy, 3))
-    os.makedirs(os.path.join(run_copy, "work", "group-003", "backup"))
+    os.makedirs(os.path.join(run_copy, "work", "group-003", "checkpoint"))
     refused(run_copy, tmp_path, r"repetitions \[1, 3\] of 4 are unfinished")
 
 

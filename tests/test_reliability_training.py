@@ -1,6 +1,6 @@
 """Training and the run directory under faults: data beyond the run's config is refused
 before training, a diverging repetition group fails alone and leaves no completion marker,
-and interrupted writes (config, models, markers, backups, exports) never leave a file a
+and interrupted writes (config, models, markers, checkpoints, exports) never leave a file a
 later step takes for complete."""
 
 import json
@@ -95,7 +95,8 @@ def test_diverging_group_fails_alone(tmp_path, tiny_data, tiny_config, monkeypat
     assert all(rundir.is_complete(run, r) for r in (2, 3))
     assert any(line.startswith("[worker 0/1] repetitions [0, 1] FAILED: training loss became")
                for line in lines)
-    with pytest.raises(rundir.RunDirError, match=r"repetitions \[0, 1\] of 4 are missing"):
+    with pytest.raises(rundir.RunDirError,
+                       match=r"repetitions \[0, 1\] of 4 are (missing|unfinished)"):
         rundir.load_all(run)
 
 
@@ -211,9 +212,10 @@ def test_leftovers_of_a_killed_writer_are_never_taken_for_complete(tmp_path, tin
         rundir.load_all(run)
 
 
-def test_unreadable_backup_restarts_the_group(tmp_path, tiny_data, tiny_config, monkeypatch):
-    """A crash while Keras rewrote its backup leaves it cut short: the rerun reports it and
-    trains the group from the start instead of failing on every rerun."""
+def test_unreadable_checkpoint_restarts_the_group(tmp_path, tiny_data, tiny_config,
+                                                   monkeypatch):
+    """A crash that tears every checkpoint file must not fail each rerun: the rerun reports
+    it and trains the group from the start."""
     import mach_tf.train as train_lib
 
     config = tiny_config.replace(epochs=2, num_repetitions=1, group_size=1,
@@ -227,7 +229,7 @@ def test_unreadable_backup_restarts_the_group(tmp_path, tiny_data, tiny_config, 
     def guard_then_kill(learning_rate):
         class Kill(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 1:  # after the first epoch's backup was written
+                if epoch == 1:  # after the first epoch's checkpoint was written
                     raise Killed()
         return Kill()
 
@@ -235,15 +237,16 @@ def test_unreadable_backup_restarts_the_group(tmp_path, tiny_data, tiny_config, 
         m.setattr(train_lib, "_nan_guard", guard_then_kill)
         with pytest.raises(Killed):
             train_group(run, config, [0], tiny_data["train"], verbose=0, log=quiet)
-    backup = os.path.join(run, "work", "group-000", "backup")
-    files = [os.path.join(backup, f) for f in os.listdir(backup)]
-    assert any(f.endswith(".h5") for f in files)
-    for f in files:  # every backup file cut short
+    ckpt = os.path.join(run, "work", "group-000", "checkpoint")
+    files = [os.path.join(ckpt, f) for f in os.listdir(ckpt) if f.endswith(".h5")]
+    assert files
+    for f in files:  # every checkpoint file cut short
         open(f, "r+b").truncate(max(1, os.path.getsize(f) // 3))
     lines = []
     train_group(run, config, [0], tiny_data["train"], verbose=0, log=lines.append)
     assert rundir.is_complete(run, 0) and rundir.completion(run, 0)["epochs"] == 2
-    assert any(f"{backup}: " in line and "training them from the start" in line
+    assert rundir.completion(run, 0)["resumed_from"] is None
+    assert any(f"{ckpt}: " in line and "training them from the start" in line
                for line in lines)
     assert not os.path.exists(os.path.join(run, "work", "group-000"))
 

@@ -1,4 +1,5 @@
-"""tfrecords_tools: XMC / libsvm text -> sharded TFRecords, and a fast tf.data reader.
+"""tfrecords_tools: XMC / libsvm / labelled text -> sharded TFRecords, and a fast tf.data
+reader.
 
 Public API::
 
@@ -9,6 +10,7 @@ Public API::
 from tfrecords_tools.convert import ShardedWriter, convert, serialize_example, write_examples
 from tfrecords_tools.manifest import Manifest, ManifestError, ShardError, manifest_path
 from tfrecords_tools.parse import DataFormatError, Point, TextReader, parse_line, read_points
+from tfrecords_tools.text_format import TextPoint, TextQueryReader, parse_text_line
 
 
 def make_dataset(*args, **kwargs):
@@ -27,6 +29,7 @@ def verify(*args, **kwargs):
 
 __all__ = [
     "DataFormatError", "Manifest", "ManifestError", "Point", "ShardError", "ShardedWriter",
-    "TextReader", "convert", "make_dataset", "manifest_path", "parse_line", "read_points",
-    "serialize_example", "verify", "write_examples",
+    "TextPoint", "TextQueryReader", "TextReader", "convert", "make_dataset", "manifest_path",
+    "parse_line", "parse_text_line", "read_points", "serialize_example", "verify",
+    "write_examples",
 ]

@@ -160,13 +160,15 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
             num_labels: int | None = None, on_error: str = "fail",
             progress: bool | None = None,
             log: Callable[[str], None] | None = None) -> Manifest:
-    """Converts an XMC or libsvm text file into sharded TFRecords and a manifest.
+    """Converts an XMC, libsvm or text-format file into sharded TFRecords and a manifest.
 
     Args:
         input_path: Text file (plain or gzip).
         prefix: Output prefix; shards are ``PREFIX-0000i-of-0000N.tfrecord[.gz]`` and the
             manifest ``PREFIX.manifest.json``.
-        fmt: ``"xmc"`` or ``"libsvm"``.
+        fmt: ``"xmc"``, ``"libsvm"`` or ``"text"`` (``labels<TAB>text`` lines, see
+            :mod:`tfrecords_tools.text_format`: each record holds the raw text in ``text``
+            and no sparse features).
         num_shards: Number of output shards.
         compression: ``"NONE"`` or ``"GZIP"``.
         num_features: Feature dimension (libsvm: checked, or inferred when omitted).
@@ -181,15 +183,28 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
     Raises:
         DataFormatError: naming the file and line of the first fault (``on_error="fail"``).
     """
-    reader = TextReader(input_path, fmt, num_features=num_features, num_labels=num_labels,
-                        on_error=on_error)
+    is_text = fmt == "text"
+    if is_text:
+        from tfrecords_tools.text_format import TextQueryReader
+
+        if num_features is not None:
+            raise ValueError("num_features does not apply to --format text: text has no "
+                             "feature ids (the featuriser's hash dimension is chosen when "
+                             "training, 'mach-tf train --text-features D')")
+        reader = TextQueryReader(input_path, num_labels=num_labels, on_error=on_error)
+    else:
+        reader = TextReader(input_path, fmt, num_features=num_features,
+                            num_labels=num_labels, on_error=on_error)
     bar = _Progress(f"convert {os.path.basename(os.fspath(input_path))}", progress)
     n = nnz = nlab = 0
     with ShardedWriter(prefix, num_shards, compression) as writer:
         for p in reader:
-            writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
+            if is_text:
+                writer.write(serialize_example(p.labels, [], [], p.text.encode("utf-8")))
+            else:
+                writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
+                nnz += len(p.feature_ids)
             n += 1
-            nnz += len(p.feature_ids)
             nlab += len(p.labels)
             if n % 4096 == 0:
                 bar.update(n)
@@ -207,7 +222,10 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
         lines_read=reader.lines_read,
         skipped=[{"line": ln, "reason": r} for ln, r in reader.skipped],
         stats={"avg_features_per_point": nnz / max(n, 1),
-               "avg_labels_per_point": nlab / max(n, 1)})
+               "avg_labels_per_point": nlab / max(n, 1),
+               **({"avg_chars_per_text": reader.chars / max(n, 1),
+                   "avg_words_per_text": reader.words / max(n, 1)} if is_text else {})},
+        text=is_text)
     write_json_atomic(manifest_path(prefix), manifest.to_dict())
     manifest.prefix = os.fspath(prefix)
     if reader.skipped and log is not None:
@@ -235,12 +253,15 @@ def write_examples(prefix: str, points: Iterable[tuple], num_features: int, num_
             values as ids, values finite in float32. Nothing is written then.
     """
     n = 0
+    has_text = False
     with ShardedWriter(prefix, num_shards, compression) as writer:
         for p in points:
             check_point(n, p[0], p[1], p[2], num_features, num_labels)
             writer.write(serialize_example(*p))
+            has_text = has_text or (len(p) > 3 and p[3] is not None)
             n += 1
     manifest = Manifest(num_examples=n, num_features=num_features, num_labels=num_labels,
+                        text=has_text,
                         shards=list(writer.names), shard_counts=list(writer.counts),
                         shard_bytes=list(writer.sizes), compression=writer.compression,
                         format_version=FORMAT_VERSION,

@@ -89,7 +89,9 @@ class Manifest:
         source: Where the data came from (path, format).
         lines_read: Data lines read from the source (``num_examples + len(skipped)``).
         skipped: ``[{"line": n, "reason": "..."}]`` for every line not converted.
-        stats: Averages (features and labels per point).
+        stats: Averages (features and labels per point; characters and words per text).
+        text: The records hold raw text in ``text`` and no sparse features (converted with
+            ``--format text``; models featurise the text themselves).
         prefix: The prefix this manifest was read from (not stored).
     """
 
@@ -105,6 +107,7 @@ class Manifest:
     lines_read: int = 0
     skipped: list[dict] = dataclasses.field(default_factory=list)
     stats: dict = dataclasses.field(default_factory=dict)
+    text: bool = False
     prefix: str | None = None
 
     def to_dict(self) -> dict:
@@ -118,7 +121,9 @@ class Manifest:
 
     @property
     def shard_paths(self) -> list[str]:
-        parent = os.path.dirname(os.path.abspath(self.prefix or "."))
+        prefix = self.prefix or "."
+        # abspath would turn gs://b/x into CWD/gs:/b/x: remote prefixes stay as they are
+        parent = os.path.dirname(prefix if "://" in prefix else os.path.abspath(prefix))
         return [os.path.join(parent, s) for s in self.shards]
 
     @classmethod
@@ -172,6 +177,8 @@ class Manifest:
         for name in ("num_examples", "num_features", "num_labels", "lines_read"):
             if not _is_count(getattr(self, name)):
                 bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if not isinstance(self.text, bool):
+            bad(f"text must be true or false, got {self.text!r}")
         if self.compression not in ("NONE", "GZIP"):
             bad(f"unknown compression {self.compression!r}")
         if not isinstance(self.shards, list) or not self.shards or not all(

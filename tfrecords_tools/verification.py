@@ -27,7 +27,8 @@ from tfrecords_tools.manifest import Manifest, ShardError
 
 _BATCH = 1024
 # Messages of tf.io.parse_example about the records' contents (a schema mismatch).
-_PARSE_FAULT = re.compile(r"Key: (feature_ids|feature_values|labels)|Could not parse example")
+_PARSE_FAULT = re.compile(r"Key: (feature_ids|feature_values|labels|text)|"
+                          r"Could not parse example")
 
 
 @dataclasses.dataclass
@@ -125,6 +126,14 @@ def _check_batch(parsed: dict, m: Manifest) -> tuple[int, str] | None:
         same = (rows[order][1:] == rows[order][:-1]) & (fid[order][1:] == fid[order][:-1])
         if same.any():
             return int(rows[order][1:][np.argmax(same)]), "a repeated feature id"
+    if "text" in parsed:  # a text dataset: every record holds UTF-8 text
+        for r, text in enumerate(parsed["text"].numpy()):
+            if not text.strip():
+                return r, "no text (a text dataset's records hold their text)"
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return r, "text that is not UTF-8"
     return None
 
 
@@ -142,7 +151,7 @@ def verify_shard(m: Manifest, index: int) -> dict:
     try:
         for batch in _records(path, m.compression).batch(_BATCH):
             try:
-                parsed = parse_batch(batch)
+                parsed = parse_batch(batch, with_text=m.text)
             except tf.errors.InvalidArgumentError:
                 row, why = _first_unparsable(batch)
                 raise ShardError(path, f"not a tf.train.Example of the mach-tf schema: {why}",

@@ -59,6 +59,7 @@ EXAMPLES = {
         examples:
           mach-tf evaluate --model runs/r1 --test data/tfr/test --json
           mach-tf evaluate --model serving/mach --test data/tfr/test --k 1,3,5,10
+          mach-tf evaluate --model runs/r1 --test data/tfr/test --repetitions 4 --json
     """,
     "predict": """
         examples:
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--decoder", choices=("auto", "exact", "candidates"), default="auto")
     v.add_argument("--candidate-buckets", type=int, default=10)
     v.add_argument("--batch-size", type=int)
+    v.add_argument("--repetitions", type=int,
+                   help="run directory: merge only its first R repetitions (what R buys)")
 
     r = _sub(sub, "predict", "Query an export: XMC lines on stdin, JSON lines out.", [common])
     r.add_argument("--model", required=True, help="export (BASE/NAME or BASE/NAME/VERSION)")
@@ -418,7 +421,8 @@ def cmd_export(a) -> dict:
 def cmd_evaluate(a) -> dict:
     from mach_tf.evaluate import evaluate
 
-    res = evaluate(a.model, a.test, a.k, a.decoder, a.candidate_buckets, a.batch_size)
+    res = evaluate(a.model, a.test, a.k, a.decoder, a.candidate_buckets, a.batch_size,
+                   a.repetitions)
     if not a.json:
         for k, v in res.items():
             print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")

@@ -59,7 +59,7 @@ def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 
 
 def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
              candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
-             batch_size: int | None = None) -> dict:
+             batch_size: int | None = None, repetitions: int | None = None) -> dict:
     """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
 
     Args:
@@ -69,6 +69,8 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         decoder: For run directories: ``exact``, ``candidates`` or ``auto``.
         candidate_buckets: m for candidate decoding.
         batch_size: Evaluation batch size (default: sized to K).
+        repetitions: For run directories: merge only the first ``repetitions``
+            repetitions (default all), e.g. to see what more repetitions buy.
 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
@@ -81,10 +83,11 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
     from tfrecords_tools.verification import located_read_errors
 
     with located_read_errors(test):
-        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size)
+        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions)
 
 
-def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
+              repetitions=None) -> dict:
     from mach_tf.data import evaluation_dataset
     from mach_tf.train import check_data
 
@@ -92,7 +95,15 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
     kmax = max(ks)
     t0 = time.time()
     if is_run_dir(model):
-        config, stacked = rundir.load_all(model)
+        config = rundir.load_config(model)
+        reps = list(range(config.num_repetitions if repetitions is None else repetitions))
+        if not 1 <= len(reps) <= config.num_repetitions:
+            raise ValueError(f"repetitions must be in [1, {config.num_repetitions}], got "
+                             f"{repetitions}")
+        config, stacked = rundir.load_all(model, reps)
+        if len(reps) < config.num_repetitions:  # score the merge of the subset alone
+            config = config.replace(num_repetitions=len(reps),
+                                    hashing=config.hash_family.subset(reps).to_dict())
         check_data(config, test, "test")
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
@@ -127,8 +138,13 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
                 raise ValueError(f"{path} returns the top {ids.shape[1]} labels; P@{kmax} needs "
                                  f"an export with --top-k >= {kmax}")
             metrics.update(ids, labels.to_list())
+        if repetitions is not None:
+            raise ValueError(f"{path}: an export merges all its repetitions; evaluate the "
+                             f"run directory to merge a subset")
         used = "export"
         model = path
     result = metrics.result()
     result.update(seconds=round(time.time() - t0, 3), model=model, decoder=used)
+    if repetitions is not None:
+        result["repetitions"] = int(repetitions)
     return result

@@ -14,7 +14,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
 
 def test_there_are_notebooks():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert {"quickstart.ipynb", "tf_serving.ipynb"} <= names
+    assert {"quickstart.ipynb", "tf_serving.ipynb", "real_data.ipynb"} <= names
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Evaluating the merge of a run's first r repetitions (what more repetitions buy)."""
 
+import json
+
 import pytest
 
-from conftest import run_cli
 from mach_tf.evaluate import evaluate
 
 
@@ -23,8 +24,14 @@ def test_subset_matches_an_independent_merge(tiny_run, tiny_data, tiny_config):
         evaluate(tiny_run, tiny_data["test"], repetitions=tiny_config.num_repetitions + 1)
 
 
-def test_cli_repetitions(tiny_run, tiny_data):
-    res = run_cli("evaluate", "--model", tiny_run, "--test", tiny_data["test"],
-                  "--repetitions", 0, "--json")
-    assert res.returncode == 1 and "repetitions must be in [1, 4], got 0" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+def test_cli_repetitions(tiny_run, tiny_data, capsys):
+    from mach_tf.cli import main
+
+    assert main(["evaluate", "--model", tiny_run, "--test", tiny_data["test"],
+                 "--repetitions", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["repetitions"] == 2 and {"p@1", "p@5", "ndcg@5", "psp@5"} <= set(out)
+    assert main(["evaluate", "--model", tiny_run, "--test", tiny_data["test"],
+                 "--repetitions", "0", "--json"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "mach-tf evaluate: error: repetitions must be in [1, 4], got 0"

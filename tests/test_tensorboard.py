@@ -105,8 +105,22 @@ def test_final_metrics_and_hparams_session(tiny_run, tiny_config):
     for k in ("p@1", "p@3", "p@5", "ndcg@5"):
         assert merged[f"final/{k}"] == {R: pytest.approx(final[k], abs=1e-6)}
     assert merged["final/train_seconds"][R] > 0
-    # the whole model merged equals the last group's run-level merge at its last epoch
-    # only when that epoch was kept: check the value is a real precision instead
+    # final = all R merged on the held-out points, computed here another way
+    from mach_tf.inference import MergedScorer
+    from mach_tf.metrics import RankingMetrics
+    from mach_tf.validation import DataSplit, load_sample, sample_budget
+
+    info = rundir.read_json(os.path.join(tiny_run, "validation.json"))
+    split = DataSplit(info["train"], info["valid"], info["fraction"], info["seed"])
+    sample = load_sample(split, sample_budget(tiny_config))
+    config, stacked = rundir.load_all(tiny_run)
+    scorer = MergedScorer(config, stacked, "exact")
+    want = RankingMetrics((1, 3, 5))
+    for inputs, labels in sample.batches:
+        want.update(scorer.topk(inputs, 5)[1].numpy(), labels)
+    assert info["num_scored"] == sample.num_examples > 0
+    for k in ("p@1", "p@5", "ndcg@5"):
+        assert final[k] == pytest.approx(want.result()[k], abs=1e-6), k
     assert 0.0 < final["p@1"] <= 1.0
     acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
     acc.Reload()

@@ -219,7 +219,11 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
             them (nothing is written).
     """
     t0 = time.time()
-    say = log or (lambda msg: None)
+    _say = log or (lambda msg: None)
+
+    def say(step: str, msg: str) -> None:  # numbered steps with the time so far: progress
+        _say(f"export [{step}/4] {msg} ({time.time() - t0:.1f} s)")
+
     if top_k < 1:
         raise ExportError(f"top_k must be >= 1, got {top_k}")
     if candidate_buckets < 1:
@@ -259,18 +263,19 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
     try:
         names = _read_label_names(label_names, config.num_classes, staging) \
             if label_names else None
-        say(f"export: {config.num_repetitions} repetitions, K={config.num_classes}, "
-            f"decoder={decoder}, top_k={top_k}")
+        say("1", f"{config.num_repetitions} repetitions loaded, K={config.num_classes}, "
+            f"decoder={decoder}, top_k={top_k}; building the serving graph")
         archive = build_archive(config, model, top_k, decoder, candidate_buckets, names,
                                 featurizer=featurizer)
         archive.write_out(tmp, verbose=False)
+        say("2", "SavedModel written" + (", verifying it" if verify else ""))
         del archive, model
         gc.collect()
         checked = 0
         if verify:
             expected = reference_topk(config, reference, decoder, candidate_buckets, top_k)
             checked = verify_export(tmp, final, sample, expected, names, texts)
-            say(f"export: {'all three' if texts is not None else 'both'} signatures "
+            say("3", f"{'all three' if texts is not None else 'both'} signatures "
                 f"reproduced the in-Python top-{top_k} on {checked} queries "
                 f"(tf.saved_model.load and the v1 session loader)")
         extra = os.path.join(tmp, "assets.extra")
@@ -294,7 +299,7 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    say(f"export: wrote {final}")
+    say("4", f"wrote {final}")
     return ExportResult(final, version, decoder, top_k, candidate_buckets, checked,
                         round(time.time() - t0, 3))
 

@@ -236,8 +236,8 @@ def train_ray(run: str, train: str, valid: str | None = None,
                                              for r in mine if not rundir.is_complete(run, r)}}
                     log(f"[worker {i}/{num_workers}] FAILED: {why}")
         show_progress()
-        summary = train_lib._summary(run, config, [reports[i] for i in sorted(reports)],
-                                     time.time() - t0)
+        summary = train_lib.run_summary(run, config, [reports[i] for i in sorted(reports)],
+                                        time.time() - t0, log)
         summary.update(launcher="ray", threads_per_worker=threads,
                        gpus_per_worker=1 if use_gpu else 0,
                        attempts={str(i): len(display.attempts.get(i, []))

@@ -293,6 +293,32 @@ class BucketAccuracy(keras.metrics.Metric):
         return config
 
 
+@keras.saving.register_keras_serializable(package="mach_tf")
+class RepetitionLoss(keras.metrics.Mean):
+    """Mean bucket loss of one repetition of a group (the compiled loss sums them all),
+    so TensorBoard can show each repetition's training loss.
+
+    Args:
+        index: Group position of the repetition.
+        kind: The loss kind (``config.loss``).
+    """
+
+    def __init__(self, index=0, kind="softmax", name="rep_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.index = index
+        self.kind = kind
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        g = self.index
+        return super().update_state(
+            bucket_loss(y_true[:, g:g + 1], y_pred[:, g:g + 1], self.kind), sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(index=self.index, kind=self.kind)
+        return config
+
+
 def bucket_scores(logits, loss: str = "softmax", merge: str = "prob"):
     """Turns logits ``[..., B]`` into the per-bucket scores that are averaged over R.
 
@@ -326,10 +352,13 @@ def make_optimizer(config: MachConfig, steps_per_epoch: int | None = None):
 
 
 def compile_model(model: MachModel, config: MachConfig, steps_per_epoch: int | None = None):
-    """Compiles with the bucket loss and per-repetition bucket accuracy metrics."""
+    """Compiles with the bucket loss and per-repetition bucket accuracy and loss metrics
+    (``rep_XXX_acc``, ``rep_XXX_loss``; a group of one has ``bucket_acc`` and ``loss``)."""
     metrics = [BucketAccuracy(None, name="bucket_acc")]
     if model.groups > 1:
         metrics += [BucketAccuracy(g, name=f"rep_{r:03d}_acc")
+                    for g, r in enumerate(model.repetitions)]
+        metrics += [RepetitionLoss(g, config.loss, name=f"rep_{r:03d}_loss")
                     for g, r in enumerate(model.repetitions)]
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   loss=BucketLoss(config.loss), metrics=metrics, jit_compile=False)

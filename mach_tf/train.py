@@ -324,8 +324,11 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
     callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
+    from mach_tf.summaries import reporting_callbacks
+
     reporting = [keras.callbacks.TensorBoard(os.path.join(run, "logs", name),
-                                             write_graph=False, profile_batch=0)]
+                                             write_graph=False, profile_batch=0),
+                 *reporting_callbacks(run, config, group, setup.sample)]
     if events is not None:
         reporting.append(_progress_callback(emit, worker, group, config.epochs))
     state = GroupCheckpoint(ckpt_dir).state()
@@ -616,11 +619,23 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
     if config is None:
         config = rundir.load_config(run)
     config = prepare_run(run, config, train, valid)
+    from mach_tf.progress import RepetitionProgress
+
     if workers <= 1:
         configure_threads(threads)
-        rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log,
-                           checkpoint_every=checkpoint_every, claim_lease=claim_lease)
-        return _summary(run, config, [rep.to_dict()], time.time() - t0)
+        with RepetitionProgress(run, config.num_repetitions, log):
+            rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log,
+                               checkpoint_every=checkpoint_every, claim_lease=claim_lease)
+        return run_summary(run, config, [rep.to_dict()], time.time() - t0, log)
+    with RepetitionProgress(run, config.num_repetitions, log):
+        reports = _run_local_workers(run, train, valid, config, workers, threads, verbose,
+                                     checkpoint_every, claim_lease)
+    return run_summary(run, config, reports, time.time() - t0, log)
+
+
+def _run_local_workers(run, train, valid, config, workers, threads, verbose,
+                       checkpoint_every, claim_lease) -> list[dict]:
+    """Starts ``workers`` worker processes, relays their output, returns their reports."""
     ngpu = _gpu_count()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     procs = []
@@ -658,7 +673,24 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
                                                               f"code {p.returncode}"
                                                       for r in mine
                                                       if not rundir.is_complete(run, r)}})
-    return _summary(run, config, reports, time.time() - t0)
+    return reports
+
+
+def run_summary(run: str, config: MachConfig, reports: list[dict], seconds: float,
+                log: Log = _stderr) -> dict:
+    """:func:`_summary`, after writing the run's final merged validation and HParams
+    session for TensorBoard (:func:`mach_tf.summaries.write_run_summary`)."""
+    from mach_tf.summaries import write_run_summary
+
+    out = _summary(run, config, reports, seconds)
+    try:
+        written = write_run_summary(run, config, {"train_seconds": out["seconds"]})
+    except Exception as e:  # noqa: BLE001 - the models are trained; report, do not fail
+        log(f"TensorBoard: final summary not written ({type(e).__name__}: {e})")
+        return out
+    if written["final"]:
+        out["final_validation"] = {k: round(v, 4) for k, v in written["final"].items()}
+    return out
 
 
 def _summary(run: str, config: MachConfig, reports: list[dict], seconds: float) -> dict:

@@ -1,12 +1,14 @@
 """The mach-tf command, run for real in subprocesses."""
 
 import json
+import os
 
 import pytest
 
 from conftest import run_cli
 
-SUBCOMMANDS = ["convert", "synth", "train", "export", "evaluate", "predict", "tune", "demo"]
+SUBCOMMANDS = ["convert", "verify", "synth", "train", "export", "evaluate", "predict", "tune",
+               "demo"]
 
 
 def last_json(stdout):
@@ -66,6 +68,16 @@ def test_pipeline_end_to_end(tmp_path):
     summary = last_json(res.stdout)
     assert summary["trained"] == [0, 1, 2, 3] and summary["complete"] == 4
     assert "tensorboard --logdir" in res.stderr
+    # progress across repetitions, from the completion markers the workers write
+    assert "train [--------------------] 0/4 repetitions complete (0%)" in res.stderr
+    assert "train [####################] 4/4 repetitions complete (100%)" in res.stderr
+    assert 0.0 < summary["final_validation"]["p@1"] <= 1.0
+    # each worker process wrote its own event files: rep 0 (worker 0), rep 1 (worker 1)
+    pids = {r: {f.split(".")[-3] for f in os.listdir(run / "logs" / f"rep-{r:03d}")
+                if f.startswith("events.out.tfevents.")} for r in range(4)}
+    assert all(pids.values()) and pids[0] == pids[2] and pids[1] == pids[3]
+    assert not pids[0] & pids[1]
+    assert any(f.startswith("events.out.tfevents.") for f in os.listdir(run / "logs" / "merged"))
 
     res = run_cli("train", "--train", synth["train_prefix"], "--model-dir", run, "--json")
     assert res.returncode == 0 and last_json(res.stdout)["skipped"] == [0, 1, 2, 3]
@@ -77,6 +89,8 @@ def test_pipeline_end_to_end(tmp_path):
                   "--top-k", 5, "--json")
     assert res.returncode == 0, res.stderr
     exported = last_json(res.stdout)
+    steps = [ln for ln in res.stderr.splitlines() if ln.startswith("export [")]
+    assert [ln[:12] for ln in steps] == [f"export [{i}/4]" for i in range(1, 5)], steps
     assert exported["path"].endswith("mach/1") and exported["verified_queries"] > 0
 
     for model in (run, tmp_path / "serving" / "mach"):

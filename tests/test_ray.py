@@ -45,6 +45,11 @@ def test_two_ray_workers_train_then_export_and_rerun_skips(tmp_path, tiny_data,
     # progress came from the workers while they ran: epochs and each written repetition
     assert any("epoch 3/3" in ln for ln in lines)
     assert any("(4/4 complete)" in ln for ln in lines)
+    # TensorBoard: the workers' per-repetition event files, the driver's final summary
+    for r in range(4):
+        assert any(f.startswith("events.out.tfevents.")
+                   for f in os.listdir(os.path.join(run, "logs", f"rep-{r:03d}")))
+    assert 0.0 < summary["final_validation"]["p@1"] <= 1.0
 
     res = export_model(run, str(tmp_path / "serving" / "mach"), top_k=5, decoder="exact")
     assert res.verified_queries > 0  # loaded back and checked against in-Python scoring

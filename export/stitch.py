@@ -306,9 +306,14 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
 
 def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
     """Signatures run the way TensorFlow Serving runs them: v1 loader, tensor names."""
+    from tensorflow.python.util import deprecation
+
     out = {}
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        # The v1 loader is deprecated for Python users, but it is the C++ path TF Serving
+        # takes, which is what this check is for: its warning would only confuse.
+        with deprecation.silence():
+            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
         for name, feeds in feeds_by_signature.items():
             sig = meta.signature_def[name]
             if sig.method_name != METHOD_NAME:

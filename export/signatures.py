@@ -1,4 +1,8 @@
-"""The serving graph: padded sparse features or tf.Examples in, merged top-k out.
+"""The serving graph: padded sparse features, tf.Examples or raw text in, merged top-k out.
+
+A model trained on text also has ``predict_text`` (query strings ``[batch]`` in): the
+run's :class:`~mach_tf.text.TextFeaturizer`, adapted statistics and normalisation table
+included, is part of the graph, so the server featurises queries exactly as training did.
 
 Everything here is stock TensorFlow ops, so TensorFlow Serving runs it as is. Large tensors
 (the class -> bucket table, the inverted index, the label names) are variables, assets and
@@ -9,49 +13,50 @@ GraphDef's 2 GB limit.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
-from mach_tf.inference import candidate_topk, exact_topk
+from mach_tf.inference import candidate_index, candidate_topk, exact_topk
 from mach_tf.model import MachModel, bucket_scores
 
 METHOD_NAME = "tensorflow/serving/predict"
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
+PREDICT_TEXT = "predict_text"
 OUTPUT_KEYS = ("label_ids", "scores", "labels")
 
 
 class DecoderState(tf.Module):
-    """The decoder's tables as variables (saved in ``variables/``, not in the graph)."""
+    """The decoder's tables as variables (saved in ``variables/``, not in the graph).
+
+    Exact decoding keeps the class -> bucket table ``[R, K]``; candidate decoding keeps the
+    inverted index (CSR offsets ``[R*B + 1]`` and classes ``[R*K]``) and the class ->
+    slots table ``[K, R]`` (slot ``r*B + h_r(c)``; see
+    :func:`mach_tf.inference.candidate_index`).
+    """
 
     def __init__(self, config: MachConfig, decoder: str, candidate_buckets: int):
         super().__init__(name="mach_decoder")
         family = config.hash_family
         self.decoder = decoder
         self.candidate_buckets = int(candidate_buckets)
-        self.config = config
-        self.prime = family.prime
         if decoder == "exact":
             self.table = tf.Variable(family.table(config.num_classes), trainable=False,
                                      name="class_to_bucket")
         else:
-            offsets, classes = family.inverted_index(config.num_classes)
-            self.offsets = tf.Variable(offsets, trainable=False, name="bucket_offsets")
-            self.classes = tf.Variable(classes.reshape(-1), trainable=False,
+            index = candidate_index(family, config.num_classes)
+            self.offsets = tf.Variable(index["offsets"], trainable=False,
+                                       name="bucket_offsets")
+            self.classes = tf.Variable(index["classes"], trainable=False,
                                        name="bucket_classes")
-            self.hash_a = tf.Variable(np.asarray(family.a, np.int64), trainable=False,
-                                      name="hash_a")
-            self.hash_b = tf.Variable(np.asarray(family.b, np.int64), trainable=False,
-                                      name="hash_b")
+            self.class_slots = tf.Variable(index["class_slots"], trainable=False,
+                                           name="class_slots")
 
     def topk(self, scores, k: int):
         if self.decoder == "exact":
             return exact_topk(scores, self.table, k)
-        c = self.config
-        return candidate_topk(scores, self.offsets, self.classes, self.hash_a, self.hash_b,
-                              c.num_buckets, c.num_classes, self.candidate_buckets, k,
-                              self.prime)
+        return candidate_topk(scores, self.offsets, self.classes, self.class_slots,
+                              self.candidate_buckets, k)
 
 
 def label_table(path: str) -> tf.lookup.StaticHashTable:
@@ -60,6 +65,16 @@ def label_table(path: str) -> tf.lookup.StaticHashTable:
         path, key_dtype=tf.int64, key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
         value_dtype=tf.string, value_index=tf.lookup.TextFileIndex.WHOLE_LINE)
     return tf.lookup.StaticHashTable(init, default_value="")
+
+
+def _assert_unique_ids(feature_ids):
+    """A repeated id would be summed with its values normalised apart, an answer to a query
+    nobody sent: refused, as the text parser refuses it."""
+    s = tf.sort(feature_ids, axis=-1)
+    repeated = tf.logical_and(tf.equal(s[:, 1:], s[:, :-1]), s[:, 1:] >= 0)
+    return tf.debugging.assert_equal(
+        tf.reduce_any(repeated), False,
+        message="feature_ids must not repeat within a row (padding -1 aside)")
 
 
 def validate_request(feature_ids, feature_values, num_features: int):
@@ -76,15 +91,18 @@ def validate_request(feature_ids, feature_values, num_features: int):
             message=f"feature_ids must be < num_features={num_features}"),
         tf.debugging.assert_all_finite(
             feature_values, message="feature_values must be finite (no NaN or Inf)"),
+        _assert_unique_ids(feature_ids),
     ]
     with tf.control_dependencies(checks):
         return tf.identity(feature_ids), tf.identity(feature_values)
 
 
 def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
-                  candidate_buckets: int, label_names_path: str | None = None):
+                  candidate_buckets: int, label_names_path: str | None = None,
+                  featurizer=None):
     """A ``keras.export.ExportArchive`` with the ``serving_default`` and
-    ``predict_examples`` endpoints (see DESIGN.md for their tensors).
+    ``predict_examples`` endpoints (see DESIGN.md for their tensors), and ``predict_text``
+    for text models.
 
     Args:
         config: The run's config.
@@ -94,6 +112,9 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         candidate_buckets: m for candidate decoding.
         label_names_path: A file of K label names (one per line), or ``None`` to return the
             ids as strings.
+        featurizer: The run's adapted :class:`~mach_tf.text.TextFeaturizer` for a text
+            model: adds ``predict_text`` (``text`` string ``[batch]``), and
+            ``predict_examples`` then reads each example's ``text`` feature.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -110,7 +131,10 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
                                                        num_features)
         logits = model({"feature_ids": feature_ids, "feature_values": feature_values},
                        training=False)
-        scores = bucket_scores(logits, config.loss, config.merge)
+        scores = tf.debugging.assert_all_finite(
+            bucket_scores(logits, config.loss, config.merge),
+            message="the model's scores are not finite for this request (feature_values "
+                    "too large for a model trained with feature_norm='none'?)")
         top_scores, ids = state.topk(scores, top_k)
         names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
         return {"label_ids": ids, "scores": top_scores, "labels": names}
@@ -118,20 +142,41 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
     def serving_default(feature_ids, feature_values):
         return answer(feature_ids, feature_values)
 
+    def predict_text(text):
+        return answer(**featurizer(text))
+
+    def predict_text_examples(examples):
+        parsed = tf.io.parse_example(examples, {
+            "text": tf.io.FixedLenFeature([], tf.string, default_value="")})
+        return predict_text(parsed["text"])
+
     def predict_examples(examples):
+        # A malformed serialized example fails inside parse_example with InvalidArgument.
         parsed = tf.io.parse_example(examples, {
             "feature_ids": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
             "feature_values": tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)})
         ids, vals = parsed["feature_ids"], parsed["feature_values"]
-        same = tf.debugging.assert_equal(
-            ids.row_lengths(), vals.row_lengths(),
-            message="each example needs as many feature_values as feature_ids")
-        with tf.control_dependencies([same]):
+        checks = [
+            tf.debugging.assert_equal(
+                ids.row_lengths(), vals.row_lengths(),
+                message="each example needs as many feature_values as feature_ids"),
+            # -1 pads dense requests; inside a tf.Example it would silently drop a feature.
+            tf.debugging.assert_non_negative(
+                ids.flat_values, message="feature_ids in a tf.Example must be >= 0"),
+        ]
+        with tf.control_dependencies(checks):
             return answer(ids.to_tensor(default_value=-1), vals.to_tensor(default_value=0.0))
 
     archive.add_endpoint(SERVING_DEFAULT, serving_default, input_signature=[
         tf.TensorSpec([None, None], tf.int64, name="feature_ids"),
         tf.TensorSpec([None, None], tf.float32, name="feature_values")])
-    archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, name="examples")])
+    examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
+    if featurizer is None:
+        archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=examples_spec)
+        return archive
+    archive.track(featurizer)
+    archive.add_endpoint(PREDICT_EXAMPLES, predict_text_examples,
+                         input_signature=examples_spec)
+    archive.add_endpoint(PREDICT_TEXT, predict_text, input_signature=[
+        tf.TensorSpec([None], tf.string, name="text")])
     return archive

@@ -2,7 +2,9 @@
 
 The file is a TFRecord file of ``tensorflow.serving.PredictionLog`` protos, each holding a
 ``PredictRequest`` that TensorFlow Serving replays when it loads a version, so the first
-real query does not pay for graph initialisation.
+real query does not pay for graph initialisation. Every signature is warmed, at the
+batch sizes 1, 2, 4, ... that traffic uses; a text model's ``predict_text`` with raw query
+strings.
 """
 
 from __future__ import annotations
@@ -10,45 +12,58 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, predict_request,
+                           rows_from_padded, serialized_examples, text_examples)
+
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def predict_request(feature_ids: np.ndarray, feature_values: np.ndarray,
-                    model_name: str = "mach", signature: str = "serving_default"):
-    """A ``PredictRequest`` for padded sparse inputs."""
-    from tensorflow_serving.apis import predict_pb2
-
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = model_name
-    req.model_spec.signature_name = signature
-    req.inputs["feature_ids"].CopyFrom(
-        tf.make_tensor_proto(np.asarray(feature_ids, np.int64)))
-    req.inputs["feature_values"].CopyFrom(
-        tf.make_tensor_proto(np.asarray(feature_values, np.float32)))
-    return req
-
-
 def write_warmup(path: str, sample: dict, num_requests: int = 8,
-                 model_name: str = "mach") -> int:
-    """Writes ``num_requests`` PredictionLog records of batch 1..N from ``sample`` rows.
+                 model_name: str = "mach", texts: list[str] | None = None) -> int:
+    """Writes warmup PredictionLog records built from the padded ``sample`` rows.
+
+    ``serving_default`` gets up to ``num_requests`` requests of batch 1, 2, 4, ...;
+    ``predict_examples`` gets up to ``num_requests // 2`` of batch 1, 4, 16, .... With
+    ``texts`` (a text model's sample queries, of which ``sample`` is the featurisation),
+    ``predict_text`` gets up to ``num_requests`` requests of batch 1, 2, 4, ... of them, and
+    ``predict_examples`` tf.Examples holding them as ``text``.
 
     Returns:
         The number of records written.
     """
     from tensorflow_serving.apis import prediction_log_pb2
 
-    ids, vals = sample["feature_ids"], sample["feature_values"]
-    n = 0
+    ids = np.asarray(sample["feature_ids"], np.int64)
+    vals = np.asarray(sample["feature_values"], np.float32)
+    n = len(ids)
+    requests = []
+    for i in range(min(num_requests, n)):
+        size = min(n, 1 << i)
+        requests.append(predict_request({"feature_ids": ids[:size],
+                                         "feature_values": vals[:size]},
+                                        SERVING_DEFAULT, model_name))
+        if size == n:
+            break
+    for i in range(min(num_requests // 2, n)):
+        size = min(n, 1 << (2 * i))
+        examples = text_examples(texts[:size]) if texts is not None else \
+            serialized_examples(rows_from_padded(ids[:size], vals[:size]))
+        requests.append(predict_request({"examples": examples}, PREDICT_EXAMPLES, model_name))
+        if size == n:
+            break
+    if texts is not None:
+        for i in range(min(num_requests, len(texts))):
+            size = min(len(texts), 1 << i)
+            requests.append(predict_request({"text": list(texts[:size])}, PREDICT_TEXT,
+                                            model_name))
+            if size == len(texts):
+                break
     with tf.io.TFRecordWriter(path) as w:
-        for i in range(min(num_requests, len(ids))):
-            # Batches of 1, 2, 4, ... rows warm the shapes real traffic uses.
-            size = min(len(ids), 1 << i)
-            req = predict_request(ids[:size], vals[:size], model_name)
+        for req in requests:
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=req))
             w.write(log.SerializeToString())
-            n += 1
-    return n
+    return len(requests)
 
 
 def read_warmup(path: str) -> list:

@@ -6,7 +6,8 @@ Public API::
     from mach_tf import evaluate_model
 
 The pieces, in data-flow order: :mod:`mach_tf.config` (the persisted configuration),
-:mod:`mach_tf.hashing` (classes -> buckets), :mod:`mach_tf.model` (one Keras model per
+:mod:`mach_tf.hashing` (classes -> buckets), :mod:`mach_tf.text` (raw text -> hashed
+tf-idf features, in the graph), :mod:`mach_tf.model` (one Keras model per
 repetition group), :mod:`mach_tf.train` (per-worker training), :mod:`mach_tf.inference`
 (merged-average top-k), :mod:`mach_tf.metrics`, :mod:`mach_tf.evaluate`.
 """
@@ -27,6 +28,7 @@ def __getattr__(name):
         "train_worker": ("mach_tf.train", "train_worker"),
         "evaluate_model": ("mach_tf.evaluate", "evaluate"),
         "SyntheticSpec": ("mach_tf.synthetic", "SyntheticSpec"),
+        "TextFeaturizer": ("mach_tf.text", "TextFeaturizer"),
     }
     if name in lazy:
         import importlib
@@ -37,5 +39,5 @@ def __getattr__(name):
 
 
 __all__ = ["HashFamily", "MachConfig", "MachModel", "MergedScorer", "RankingMetrics",
-           "SyntheticSpec", "__version__", "build_model", "evaluate_model", "train_run",
-           "train_worker"]
+           "SyntheticSpec", "TextFeaturizer", "__version__", "build_model", "evaluate_model",
+           "train_run", "train_worker"]

@@ -21,11 +21,19 @@ EXAMPLES = {
           mach-tf convert data/train.txt data/tfr/train --shards 4
           mach-tf convert data/train.svm data/tfr/train --format libsvm --compression GZIP
           mach-tf convert dirty.txt data/tfr/dirty --on-error skip   # skipped lines listed
+          mach-tf convert data/train.txt data/tfr/train --verify     # read back every record
+          mach-tf convert queries.tsv data/tfr/queries --format text  # lines 'labels<TAB>text'
+    """,
+    "verify": """
+        examples:
+          mach-tf verify data/tfr/train          # every shard read back and checked
+          mach-tf verify data/tfr/train --json
     """,
     "synth": """
         examples:
           mach-tf synth data/synth --num-labels 5000 --train 50000 --test 5000
           mach-tf synth data/synth --convert    # also writes data/synth/{train,test} TFRecords
+          mach-tf synth data/text --text --convert   # labelled queries 'labels<TAB>text'
     """,
     "train": """
         examples:
@@ -35,6 +43,11 @@ EXAMPLES = {
           # one worker of a scheduler array (index also read from TF_CONFIG,
           # JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID):
           mach-tf train --train data/tfr/train --model-dir runs/r1 --worker-index 3 --num-workers 8
+          # 8 Ray tasks on a running cluster (without --ray-address: a local Ray runtime)
+          mach-tf train --train /shared/tfr/train --model-dir /shared/runs/r1 \\
+              --launcher ray --ray-address auto --num-workers 8
+          # text data (convert --format text): featurised in the pipeline and in the export
+          mach-tf train --train data/text/train --model-dir runs/t1 --char-ngrams 3
     """,
     "export": """
         examples:
@@ -51,6 +64,7 @@ EXAMPLES = {
         examples:
           echo "0:1 17:0.5 42:2" | mach-tf predict --model serving/mach --top-k 5
           tail -n +2 test.txt | mach-tf predict --model serving/mach/3 > predictions.jsonl
+          echo "red running shoes" | mach-tf predict --model serving/text --text
     """,
     "demo": """
         examples:
@@ -102,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="text file (plain or gzip)")
     c.add_argument("prefix", help="output prefix: PREFIX-0000i-of-0000N.tfrecord + "
                                   "PREFIX.manifest.json")
-    c.add_argument("--format", choices=("xmc", "libsvm"), default="xmc")
+    c.add_argument("--format", choices=("xmc", "libsvm", "text"), default="xmc",
+                   help="xmc (header line), libsvm, or text (lines 'labels<TAB>text')")
     c.add_argument("--shards", type=int, default=1)
     c.add_argument("--compression", choices=("NONE", "GZIP"), default="NONE",
                    type=str.upper)
@@ -111,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="fail on the first bad line, or skip and list bad lines")
     c.add_argument("--progress", action="store_true", help="force the progress line")
+    c.add_argument("--verify", action="store_true",
+                   help="read every written record back and check it (see 'mach-tf verify')")
+
+    y = _sub(sub, "verify", "Read a converted dataset back in full and check it against its "
+                            "manifest (CRCs, schema, ids, counts).", [common])
+    y.add_argument("prefix", help="dataset prefix (PREFIX.manifest.json)")
 
     s = _sub(sub, "synth", "Write synthetic XMC data (power-law labels, prototype "
                            "features).", [common])
@@ -123,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--convert", action="store_true",
                    help="also convert to DIRECTORY/train and DIRECTORY/test TFRecords")
+    s.add_argument("--text", action="store_true",
+                   help="write labelled queries 'labels<TAB>text' (the text format)")
 
     t = _sub(sub, "train", "Train the MACH repetitions (this worker's share, or all with "
                            "--workers).", [common])
@@ -142,12 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-norm", choices=("l2", "none"))
     t.add_argument("--group-size", type=int, help="repetitions per Keras model per worker")
     t.add_argument("--seed", type=int)
+    t.add_argument("--text-features", type=int,
+                   help="text data: D, the featuriser's hash space (default 65536)")
+    t.add_argument("--word-ngrams", type=int, help="text data: word n-grams 1..N (default 2)")
+    t.add_argument("--char-ngrams", type=int,
+                   help="text data: character n-gram width inside words, 0 = off (default 0)")
     t.add_argument("--worker-index", type=int, help="this worker's index (scheduler mode)")
     t.add_argument("--num-workers", type=int, help="number of workers (scheduler mode)")
     t.add_argument("--workers", type=int, default=1,
                    help="start this many local worker processes")
-    t.add_argument("--launcher", choices=("local",), default="local")
+    t.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="local: --workers processes on this machine; ray: --num-workers "
+                        "Ray tasks")
+    t.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else "
+                                         "start a local Ray runtime)")
+    t.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: times a worker task is retried after its process dies")
     t.add_argument("--threads", type=int, help="TensorFlow threads per worker")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (default: each epoch and every "
+                        "5 minutes)")
+    t.add_argument("--claim-lease", type=float, metavar="SECONDS",
+                   help="a worker's claim on a repetition expires after this long without "
+                        "a heartbeat (default 120)")
     t.add_argument("--report-json", action="store_true", help=argparse.SUPPRESS)
     t.add_argument("--verbose-fit", type=int, default=2, help=argparse.SUPPRESS)
 
@@ -174,10 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True, help="export (BASE/NAME or BASE/NAME/VERSION)")
     r.add_argument("--top-k", type=int, help="return at most this many (<= the export's)")
     r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--text", action="store_true",
+                   help="stdin holds raw queries, one per line (a text model's predict_text)")
 
     d = _sub(sub, "demo", "The whole pipeline end to end on built-in synthetic data.", [common])
     d.add_argument("--workdir", default="demo-output")
     d.add_argument("--small", action="store_true", help="a smaller, faster demo")
+    d.add_argument("--text", action="store_true",
+                   help="the text pipeline: synthetic labelled queries, predict_text")
     return p
 
 
@@ -191,23 +235,42 @@ def cmd_convert(a) -> dict:
 
     m = convert(a.input, a.prefix, a.format, a.shards, a.compression, a.num_features,
                 a.num_labels, a.on_error, progress=True if a.progress else None, log=_log)
-    return {"prefix": a.prefix, "num_examples": m.num_examples,
-            "num_features": m.num_features, "num_labels": m.num_labels,
-            "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+    out = {"prefix": a.prefix, "num_examples": m.num_examples,
+           "num_features": m.num_features, "num_labels": m.num_labels,
+           "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+    if a.verify:
+        from tfrecords_tools.verification import verify
+
+        out["verified"] = verify(a.prefix).ok
+    return out
+
+
+def cmd_verify(a) -> dict:
+    from tfrecords_tools.verification import verify
+
+    report = verify(a.prefix)
+    _log(f"{a.prefix}: {report.num_examples} records in {len(report.shards)} shards verified")
+    return report.to_dict()
 
 
 def cmd_synth(a) -> dict:
     from mach_tf.synthetic import SyntheticSpec, write_split
 
-    spec = SyntheticSpec(num_labels=a.num_labels, num_features=a.num_features,
-                         avg_labels=a.avg_labels, seed=a.seed)
-    train, test = write_split(a.directory, spec, a.num_train, a.num_test)
+    if a.text:
+        from mach_tf.synthetic_text import text_spec, write_text_split
+
+        spec = text_spec(a.num_labels, avg_labels=a.avg_labels, seed=a.seed)
+        train, test = write_text_split(a.directory, spec, a.num_train, a.num_test)
+    else:
+        spec = SyntheticSpec(num_labels=a.num_labels, num_features=a.num_features,
+                             avg_labels=a.avg_labels, seed=a.seed)
+        train, test = write_split(a.directory, spec, a.num_train, a.num_test)
     out = {"train": train, "test": test}
     if a.convert:
         from tfrecords_tools.convert import convert
 
         for name, path in (("train", train), ("test", test)):
-            convert(path, os.path.join(a.directory, name))
+            convert(path, os.path.join(a.directory, name), "text" if a.text else "xmc")
             out[f"{name}_prefix"] = os.path.join(a.directory, name)
     return out
 
@@ -223,34 +286,50 @@ def _train_config(a):
     """The config asked for, or ``None`` to use the run's existing one."""
     from mach_tf import rundir
     from mach_tf.config import MachConfig
+    from mach_tf.text_config import TEXT_OVERRIDES
     from mach_tf.train import config_for_data
 
     overrides = {field: getattr(a, arg) for arg, field in _HPARAMS.items()
                  if getattr(a, arg) is not None}
+    text = {k: getattr(a, k) for k in TEXT_OVERRIDES if getattr(a, k) is not None}
+    if a.config and text:
+        raise UsageError("mach-tf train: --text-features/--word-ngrams/--char-ngrams cannot "
+                         "change a --config; edit its num_features and text settings instead")
     if a.config:
-        with open(a.config) as f:
-            base = MachConfig.from_json(f.read())
+        try:  # JSON only: a config never carries code
+            with open(a.config, encoding="utf-8") as f:
+                base = MachConfig.from_json(f.read())
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{a.config}: not a readable mach-tf config (JSON): {e}") from None
         return base.replace(**overrides) if overrides else base
     import tensorflow as tf
 
-    if not overrides and tf.io.gfile.exists(os.path.join(a.model_dir, rundir.CONFIG)):
+    if not overrides and not text and tf.io.gfile.exists(os.path.join(a.model_dir,
+                                                                      rundir.CONFIG)):
         return None
-    return config_for_data(a.train, **overrides)
+    return config_for_data(a.train, **overrides, **text)
 
 
 def cmd_train(a) -> dict:
     from mach_tf import train as train_lib
 
+    if a.launcher == "ray":
+        return _train_ray(a)
+    if a.ray_address:
+        raise UsageError("mach-tf train: --ray-address needs --launcher ray")
     if a.workers > 1 and (a.worker_index is not None or a.num_workers is not None):
         raise UsageError("mach-tf train: use either --workers N (local processes) or "
                          "--worker-index/--num-workers (one worker of N), not both")
     train_lib.configure_threads(a.threads)
     config = _train_config(a)
+    extra = {"checkpoint_every": a.checkpoint_every, "claim_lease": a.claim_lease}
     scheduled = a.worker_index is not None or a.num_workers is not None or any(
-        os.environ.get(v) for v in ("TF_CONFIG", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"))
+        os.environ.get(v) for v in ("TF_CONFIG", "CLUSTER_SPEC", "JOB_COMPLETION_INDEX",
+                                    "SLURM_ARRAY_TASK_ID"))
     if scheduled:
         report = train_lib.train_worker(a.model_dir, a.train, a.valid, config, a.worker_index,
-                                        a.num_workers, verbose=a.verbose_fit, log=_log)
+                                        a.num_workers, verbose=a.verbose_fit, log=_log,
+                                        **extra)
         if report.failed:
             if a.report_json:
                 print(json.dumps(report.to_dict()))
@@ -259,7 +338,7 @@ def cmd_train(a) -> dict:
         out = report.to_dict()
     else:
         out = train_lib.train(a.model_dir, a.train, a.valid, config, workers=a.workers,
-                              threads=a.threads, verbose=a.verbose_fit, log=_log)
+                              threads=a.threads, verbose=a.verbose_fit, log=_log, **extra)
         _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
              f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete")
         if out["failed"]:
@@ -268,6 +347,27 @@ def cmd_train(a) -> dict:
                                f"{next(iter(out['failed'].values()))}")
     if not a.report_json:  # the launcher's own workers leave this line to the launcher
         _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
+    return out
+
+
+def _train_ray(a) -> dict:
+    from mach_tf.launch_ray import train_ray
+
+    if a.worker_index is not None or a.workers > 1:
+        raise UsageError("mach-tf train: with --launcher ray give --num-workers N (Ray tasks), "
+                         "not --workers or --worker-index")
+    out = train_ray(a.model_dir, a.train, a.valid, _train_config(a),
+                    num_workers=a.num_workers or 1, address=a.ray_address, threads=a.threads,
+                    max_retries=a.max_retries, checkpoint_every=a.checkpoint_every,
+                    claim_lease=a.claim_lease, log=_log)
+    _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
+         f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete "
+         f"(worker attempts {out['attempts']})")
+    if out["failed"]:
+        print(json.dumps(out))
+        raise RuntimeError(f"repetitions {sorted(out['failed'])} failed: "
+                           f"{next(iter(out['failed'].values()))}")
+    _log(f"TensorBoard: tensorboard --logdir {os.path.join(a.model_dir, 'logs')}")
     return out
 
 
@@ -290,19 +390,24 @@ def cmd_evaluate(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from mach_tf.predict import predict_lines
+    from mach_tf.predict import predict_lines, predict_text_lines
 
-    n = predict_lines(a.model, sys.stdin, sys.stdout, top_k=a.top_k, batch_size=a.batch_size)
+    if a.text:  # bytes: a line that is not UTF-8 is named, not a decoding traceback
+        n = predict_text_lines(a.model, sys.stdin.buffer, sys.stdout, top_k=a.top_k,
+                               batch_size=a.batch_size)
+    else:
+        n = predict_lines(a.model, sys.stdin, sys.stdout, top_k=a.top_k,
+                          batch_size=a.batch_size)
     return {"queries": n}
 
 
 def cmd_demo(a) -> dict:
     from mach_tf.demo import run_demo
 
-    return run_demo(a.workdir, small=a.small, log=_log)
+    return run_demo(a.workdir, small=a.small, text=a.text, log=_log)
 
 
-COMMANDS = {"convert": cmd_convert, "synth": cmd_synth, "train": cmd_train,
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "synth": cmd_synth, "train": cmd_train,
             "export": cmd_export, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "demo": cmd_demo}
 
@@ -332,6 +437,10 @@ def main(argv=None) -> int:
         if getattr(a, "verbose", False):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if type(e).__module__.startswith("tensorflow"):  # "Graph execution error:" says nothing
+            from tfrecords_tools.verification import tf_reason
+
+            msg = f"{type(e).__name__}: {tf_reason(e)}"
         print(f"mach-tf {a.command}: error: {msg}", file=sys.stderr)
         return 1
     if getattr(a, "json", False) or getattr(a, "report_json", False):

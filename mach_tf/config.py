@@ -75,6 +75,10 @@ class MachConfig:
             initialisation and shuffling.
         hashing: The persisted hash family (``HashFamily.to_dict()``); drawn from ``seed``
             when omitted.
+        text: For models trained on raw text, the featuriser's settings and where its
+            adapted statistics live (``mach_tf.text_config.TextSettings.to_dict()``); the
+            featuriser maps text to ``num_features`` hashed features. ``None`` for sparse
+            input data.
         format_version: Version of this file's schema.
     """
 
@@ -95,6 +99,7 @@ class MachConfig:
     group_size: int = 4
     seed: int = 0
     hashing: dict | None = None
+    text: dict | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -141,6 +146,10 @@ class MachConfig:
         if self.format_version != FORMAT_VERSION:
             bad("format_version", f"this mach-tf reads version {FORMAT_VERSION}, "
                                   f"got {self.format_version}")
+        if self.text is not None:
+            from mach_tf.text_config import TextSettings
+
+            self.text = TextSettings.from_dict(self.text).to_dict()  # validates, fills in
         family = self.hash_family  # validates the coefficients
         if family.num_repetitions != self.num_repetitions:
             bad("hashing", f"holds {family.num_repetitions} functions for "

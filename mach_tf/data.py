@@ -39,19 +39,35 @@ def bucket_targets(labels: tf.RaggedTensor, config: MachConfig,
     return tf.cast(tf.transpose(dense, [0, 2, 1]), tf.int32)
 
 
+def _inputs(featurizer):
+    """Model inputs of a parsed batch: its sparse features, or its text featurised by
+    ``featurizer`` (a :class:`mach_tf.text.TextFeaturizer`) for text datasets."""
+    if featurizer is None:
+        return to_model_inputs
+    return lambda b: featurizer(b["text"])
+
+
 def training_dataset(data, config: MachConfig, repetitions: Sequence[int], *,
                      shuffle: bool = True, seed: int | None = None,
-                     batch_size: int | None = None, repeat: bool = False) -> tf.data.Dataset:
-    """``(inputs, targets)`` batches for training the given repetitions."""
+                     batch_size: int | None = None, repeat: bool = False,
+                     featurizer=None) -> tf.data.Dataset:
+    """``(inputs, targets)`` batches for training the given repetitions (text datasets
+    featurised by ``featurizer`` in the pipeline)."""
     ds = make_dataset(data, batch_size or config.batch_size, shuffle=shuffle,
-                      seed=config.seed if seed is None else seed, repeat=repeat)
+                      seed=config.seed if seed is None else seed, repeat=repeat,
+                      with_text=featurizer is not None)
     reps = list(repetitions)
-    return ds.map(lambda b: (to_model_inputs(b), bucket_targets(b["labels"], config, reps)),
+    inputs = _inputs(featurizer)
+    return ds.map(lambda b: (inputs(b), bucket_targets(b["labels"], config, reps)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def evaluation_dataset(data, batch_size: int) -> tf.data.Dataset:
-    """``(inputs, labels)`` batches in file order; labels stay ragged."""
-    ds = make_dataset(data, batch_size, shuffle=False)
-    return ds.map(lambda b: (to_model_inputs(b), b["labels"]),
+def evaluation_dataset(data, batch_size: int, featurizer=None,
+                       raw_text: bool = False) -> tf.data.Dataset:
+    """``(inputs, labels)`` batches in file order; labels stay ragged. Text datasets are
+    featurised by ``featurizer``, or with ``raw_text`` give their strings as inputs."""
+    ds = make_dataset(data, batch_size, shuffle=False,
+                      with_text=featurizer is not None or raw_text)
+    inputs = (lambda b: b["text"]) if raw_text else _inputs(featurizer)
+    return ds.map(lambda b: (inputs(b), b["labels"]),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

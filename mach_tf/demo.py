@@ -1,7 +1,9 @@
 """``mach-tf demo``: the whole pipeline end to end on built-in synthetic data.
 
 generate -> convert -> train R repetitions with 2 local workers -> export one SavedModel ->
-load it back and check it against the in-Python merged scoring -> evaluate.
+load it back and check it against the in-Python merged scoring -> evaluate. With
+``text=True`` the data are labelled queries (:mod:`mach_tf.synthetic_text`), featurised in
+the training pipeline and by the export's ``predict_text``.
 """
 
 from __future__ import annotations
@@ -42,9 +44,41 @@ def serving_check(export_dir: str, run_dir: str, test: str, top_k: int, n: int =
     return {"serving_check": bool(ok), "serving_queries": int(batch["feature_ids"].shape[0])}
 
 
-def run_demo(workdir: str = "demo-output", small: bool = False, log=print) -> dict:
+def text_serving_check(export_dir: str, run_dir: str, test: str, top_k: int,
+                       n: int = 256) -> dict:
+    """Queries the export's ``predict_text`` with ``n`` raw test queries and compares with
+    featurising them in Python (:mod:`mach_tf.text_reference`) and the in-Python merged
+    top-k of the run."""
+    import tensorflow as tf
+
+    from export.stitch import topk_agree
+    from mach_tf import rundir
+    from mach_tf.inference import MergedScorer
+    from mach_tf.predict import pad_batch
+    from mach_tf.text import load_featurizer
+    from mach_tf.text_reference import featurize_like
+    from tfrecords_tools.dataset import make_dataset
+
+    config, model = rundir.load_all(run_dir)
+    import json
+
+    with tf.io.gfile.GFile(os.path.join(export_dir, "assets.extra", "mach_tf.json")) as f:
+        info = json.load(f)
+    scorer = MergedScorer(config, model, info["decoder"], info["candidate_buckets"])
+    texts = next(iter(make_dataset(test, n, shuffle=False, with_text=True)))["text"]
+    out = tf.saved_model.load(export_dir).signatures["predict_text"](text=texts)
+    features = pad_batch(featurize_like(load_featurizer(run_dir, config),
+                                        texts.numpy().tolist()))
+    ref_s, ref_i = scorer.topk({k: tf.constant(v) for k, v in features.items()}, top_k)
+    ok = topk_agree(out["label_ids"].numpy(), out["scores"].numpy(), ref_i.numpy(),
+                    ref_s.numpy())
+    return {"serving_check": bool(ok), "serving_queries": int(texts.shape[0])}
+
+
+def run_demo(workdir: str = "demo-output", small: bool = False, text: bool = False,
+             log=print) -> dict:
     """Runs the demo; returns the JSON of DESIGN.md (p@1, p@5, floor_p@1, export_dir,
-    serving_check) plus timings."""
+    serving_check) plus timings. ``text`` runs the text pipeline (see module docstring)."""
     import shutil
 
     from export.stitch import export_model
@@ -64,23 +98,38 @@ def run_demo(workdir: str = "demo-output", small: bool = False, log=print) -> di
     for d in (run, serving):
         shutil.rmtree(d, ignore_errors=True)
 
-    spec = SyntheticSpec(num_labels=s["num_labels"], num_features=s["num_features"], seed=0)
-    log(f"demo: writing synthetic data (K={spec.num_labels}, D={spec.num_features}, "
-        f"{s['num_train']} train / {s['num_test']} test points) to {data}")
-    train_txt, test_txt = write_split(data, spec, s["num_train"], s["num_test"])
+    if text:
+        from mach_tf.synthetic_text import text_spec, write_text_split
+        from mach_tf.text_config import TextSettings
+
+        spec = text_spec(s["num_labels"], seed=0)
+        log(f"demo: writing synthetic labelled queries (K={spec.num_labels}, "
+            f"{spec.num_features} words, {s['num_train']} train / {s['num_test']} test) to "
+            f"{data}")
+        train_txt, test_txt = write_text_split(data, spec, s["num_train"], s["num_test"])
+        extra = {"text": TextSettings(char_ngrams=3).to_dict()}
+        num_features, fmt = 1 << 15, "text"
+    else:
+        spec = SyntheticSpec(num_labels=s["num_labels"], num_features=s["num_features"],
+                             seed=0)
+        log(f"demo: writing synthetic data (K={spec.num_labels}, D={spec.num_features}, "
+            f"{s['num_train']} train / {s['num_test']} test points) to {data}")
+        train_txt, test_txt = write_split(data, spec, s["num_train"], s["num_test"])
+        extra, num_features, fmt = {}, spec.num_features, "xmc"
     times["generate_s"] = time.time() - t0
 
     t = time.time()
     train_prefix, test_prefix = os.path.join(data, "tfr", "train"), \
         os.path.join(data, "tfr", "test")
-    convert(train_txt, train_prefix, num_shards=2)
-    convert(test_txt, test_prefix, num_shards=1)
+    convert(train_txt, train_prefix, fmt, num_shards=2)
+    convert(test_txt, test_prefix, fmt, num_shards=1)
     times["convert_s"] = time.time() - t
 
     t = time.time()
-    config = MachConfig.from_data(spec.num_labels, spec.num_features,
+    config = MachConfig.from_data(spec.num_labels, num_features,
                                   num_buckets=s["buckets"], num_repetitions=s["repetitions"],
-                                  hidden_units=s["hidden"], epochs=s["epochs"], seed=0)
+                                  hidden_units=s["hidden"], epochs=s["epochs"], seed=0,
+                                  **extra)
     log(f"demo: training R={config.num_repetitions} repetitions of B={config.num_buckets} "
         f"buckets with {s['workers']} worker processes")
     summary = train(run, train_prefix, None, config, workers=s["workers"], verbose=0, log=log)
@@ -93,7 +142,8 @@ def run_demo(workdir: str = "demo-output", small: bool = False, log=print) -> di
     times["export_s"] = time.time() - t
 
     t = time.time()
-    check = serving_check(result.path, run, test_prefix, top_k=10)
+    check_serving = text_serving_check if text else serving_check
+    check = check_serving(result.path, run, test_prefix, top_k=10)
     metrics = evaluate(run, test_prefix, ks=(1, 3, 5))
     floor = popularity_baseline(rundir.load_label_counts(run), test_prefix, ks=(1, 3, 5))
     times["evaluate_s"] = time.time() - t
@@ -102,6 +152,7 @@ def run_demo(workdir: str = "demo-output", small: bool = False, log=print) -> di
         "p@1": round(metrics["p@1"], 4), "p@3": round(metrics["p@3"], 4),
         "p@5": round(metrics["p@5"], 4), "ndcg@5": round(metrics["ndcg@5"], 4),
         "floor_p@1": round(floor["p@1"], 4), "floor_p@5": round(floor["p@5"], 4),
+        "input": "text" if text else "sparse",
         "num_classes": config.num_classes, "buckets": config.num_buckets,
         "repetitions": config.num_repetitions, "workers": s["workers"],
         "num_test": metrics["num_examples"], "model_dir": run, "export_dir": result.path,

@@ -73,28 +73,55 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
         known), ``num_examples``, ``seconds``, ``model`` and ``decoder``.
+
+    Raises:
+        mach_tf.rundir.RunDirError: test data beyond the model's dimensions.
+        tfrecords_tools.ShardError: naming a corrupt or truncated test shard.
     """
+    from tfrecords_tools.verification import located_read_errors
+
+    with located_read_errors(test):
+        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size)
+
+
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size) -> dict:
     from mach_tf.data import evaluation_dataset
+    from mach_tf.train import check_data
 
     ks = sorted(set(int(k) for k in ks))
     kmax = max(ks)
     t0 = time.time()
     if is_run_dir(model):
         config, stacked = rundir.load_all(model)
+        check_data(config, test, "test")
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
         bs = batch_size or scorer.eval_batch_size()
-        for inputs, labels in evaluation_dataset(test, bs):
+        featurizer = None
+        if config.text is not None:
+            from mach_tf.text import load_featurizer
+
+            featurizer = load_featurizer(model, config)
+        for inputs, labels in evaluation_dataset(test, bs, featurizer):
             _, ids = scorer.topk(inputs, kmax)
             metrics.update(ids.numpy(), labels.to_list())
         used = scorer.decoder
     else:
         path = resolve_export(model)
+        info = os.path.join(path, "assets.extra", "mach_tf.json")
+        if tf.io.gfile.exists(info):  # the run config the export was made from
+            from mach_tf.config import MachConfig
+
+            check_data(MachConfig.from_dict(rundir.read_json(info)["config"]), test, "test")
+        from tfrecords_tools.manifest import Manifest
+
+        text = Manifest.load(test).text  # raw text goes to predict_text as strings
         loaded = tf.saved_model.load(path)
-        fn = loaded.signatures["serving_default"]
+        fn = loaded.signatures["predict_text" if text else "serving_default"]
         metrics = RankingMetrics(ks)
-        for inputs, labels in evaluation_dataset(test, batch_size or 256):
-            out = fn(feature_ids=inputs["feature_ids"], feature_values=inputs["feature_values"])
+        for inputs, labels in evaluation_dataset(test, batch_size or 256, raw_text=text):
+            out = fn(text=inputs) if text else fn(feature_ids=inputs["feature_ids"],
+                                                  feature_values=inputs["feature_values"])
             ids = out["label_ids"].numpy()
             if ids.shape[1] < kmax:
                 raise ValueError(f"{path} returns the top {ids.shape[1]} labels; P@{kmax} needs "

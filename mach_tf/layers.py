@@ -92,6 +92,11 @@ class SparseDense(keras.layers.Layer):
         batch = tf.shape(feature_ids)[0]
         rows, ids, values = sparse_to_flat(feature_ids, feature_values)
         if self.normalize == "l2":
+            # Dividing by the row's largest |value| first keeps the sum of squares finite
+            # and non-zero for any finite float32 input: plainly squared, 1e20 overflows
+            # (the row would silently become all zeros) and 1e-25 underflows.
+            peak = tf.math.unsorted_segment_max(tf.abs(values), rows, batch)
+            values = values / tf.gather(tf.where(peak > 0, peak, tf.ones_like(peak)), rows)
             sq = tf.math.unsorted_segment_sum(tf.square(values), rows, batch)
             values = values * tf.gather(tf.math.rsqrt(tf.maximum(sq, 1e-12)), rows)
         emb = tf.gather(self.kernel, ids) * values[:, None]

@@ -7,7 +7,9 @@ finished repetition to the run directory with its completion marker. Workers nev
 communicate: the run directory is their only meeting point, so they can run as local
 processes (:func:`train`), Ray tasks, Kubernetes indexed jobs or Slurm array tasks.
 A rerun skips repetitions already complete and resumes unfinished groups from their last
-backup.
+step checkpoint (:mod:`mach_tf.checkpoint`); a claim (:mod:`mach_tf.claims`) keeps two
+live workers from training the same repetition. The Ray launcher is
+:mod:`mach_tf.launch_ray`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mach_tf.config import MachConfig
 from mach_tf.version import __version__
 
 Log = Callable[[str], None]
+Events = Callable[[dict], None]
 
 
 def _stderr(msg: str) -> None:
@@ -41,27 +44,41 @@ def worker_identity(worker_index: int | None = None, num_workers: int | None = N
                     env=None) -> tuple[int, int]:
     """``(index, count)`` of this worker, from arguments or the scheduler's environment.
 
-    Looked up in order: explicit arguments; ``TF_CONFIG`` (``task.index`` among
-    ``cluster.worker``); Kubernetes Indexed Jobs (``JOB_COMPLETION_INDEX``, count from
-    ``num_workers`` or ``MACH_TF_NUM_WORKERS``); Slurm arrays (``SLURM_ARRAY_TASK_ID`` minus
-    ``SLURM_ARRAY_TASK_MIN``, count ``SLURM_ARRAY_TASK_COUNT``). Default ``(0, 1)``.
+    Looked up in order: explicit arguments; ``TF_CONFIG`` or Vertex AI's ``CLUSTER_SPEC``
+    (the chief, ``chief``/``master``/``workerpool0``, is worker 0 and the workers,
+    ``worker``/``workerpool1``, follow it); Kubernetes Indexed Jobs
+    (``JOB_COMPLETION_INDEX``, count from ``num_workers`` or ``MACH_TF_NUM_WORKERS``); Slurm
+    arrays (``SLURM_ARRAY_TASK_ID`` minus ``SLURM_ARRAY_TASK_MIN``, count
+    ``SLURM_ARRAY_TASK_COUNT``). Default ``(0, 1)``.
 
     Raises:
-        ValueError: for an index outside ``[0, count)`` or an unreadable ``TF_CONFIG``.
+        ValueError: for an index outside ``[0, count)``, an unreadable ``TF_CONFIG`` /
+            ``CLUSTER_SPEC``, or a parameter-server or evaluator task (nothing to train).
     """
     env = os.environ if env is None else env
     index, count = worker_index, num_workers
-    if index is None and env.get("TF_CONFIG"):
+    for var, pools in (("TF_CONFIG", (("chief", "master"), ("worker",))),
+                       ("CLUSTER_SPEC", (("workerpool0",), ("workerpool1",)))):
+        if index is not None or not env.get(var):
+            continue
         try:
-            tf_config = json.loads(env["TF_CONFIG"])
-            task = tf_config.get("task", {})
-            cluster = tf_config.get("cluster", {})
-            index = int(task.get("index", 0))
+            spec = json.loads(env[var])
+            task = spec.get("task", {})
+            cluster = spec.get("cluster", {})
+            kind = task.get("type", "worker")
+            order = [t for group in pools for t in group]
+            if kind not in order:
+                raise ValueError(f"{var}: a {kind!r} task has no repetitions to train; "
+                                 f"run mach-tf train only on {' and '.join(order)} tasks")
+            # workers after the chief: global index = tasks of the earlier types + index
+            index = int(task.get("index", 0)) + sum(
+                len(cluster.get(t, [])) for t in order[:order.index(kind)])
             if count is None:
-                count = len(cluster.get(task.get("type", "worker"), [])) or None
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON of the form "
-                             f"{{'cluster': {{'worker': [...]}}, 'task': {{'index': i}}}}: {e}")
+                count = sum(len(cluster.get(t, [])) for t in order) or None
+        except (TypeError, AttributeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{var} is not valid JSON of the form "
+                             f"{{'cluster': {{'worker': [...]}}, 'task': {{'type': t, "
+                             f"'index': i}}}}: {e}")
     if index is None and env.get("JOB_COMPLETION_INDEX"):
         index = int(env["JOB_COMPLETION_INDEX"])
         if count is None and env.get("MACH_TF_NUM_WORKERS"):
@@ -82,10 +99,19 @@ def assigned_repetitions(num_repetitions: int, index: int, count: int) -> list[i
     return [r for r in range(num_repetitions) if r % count == index]
 
 
+_THREADS: int | None = None  # this process's thread budget, once configure_threads set it
+
+
 def configure_threads(threads: int | None) -> None:
-    """Sizes TensorFlow's thread pools (call before any TensorFlow op runs)."""
+    """Sizes TensorFlow's thread pools (call before any TensorFlow op runs).
+
+    The training input pipeline's tf.data thread pool gets the same size (see
+    :func:`epochs_dataset`), so a worker given ``threads`` cores stays within them.
+    """
+    global _THREADS
     if not threads:
         return
+    _THREADS = int(threads)
     import tensorflow as tf
 
     try:
@@ -96,16 +122,38 @@ def configure_threads(threads: int | None) -> None:
 
 
 # -- run preparation -----------------------------------------------------------------------
-def count_labels(data, num_classes: int) -> tuple[np.ndarray, int]:
-    """``(counts [K], num_examples)``: training frequency of every label."""
-    from tfrecords_tools.dataset import make_dataset
+def count_labels(data, num_classes: int, num_features: int | None = None
+                 ) -> tuple[np.ndarray, int]:
+    """``(counts [K], num_examples)``: training frequency of every label.
 
+    This is the one full pass over the training data before training, so it also checks
+    what the manifest cannot promise: every label below ``num_classes`` and every feature
+    id below ``num_features`` (nothing is clipped), and as many records as the manifest
+    says. A corrupt shard is named
+    (:func:`tfrecords_tools.verification.located_read_errors`).
+
+    Raises:
+        tfrecords_tools.ShardError: naming the shard at fault.
+    """
+    from tfrecords_tools.dataset import make_dataset
+    from tfrecords_tools.manifest import Manifest
+    from tfrecords_tools.verification import located_read_errors, locate
+
+    m = Manifest.load(data)
     counts = np.zeros(num_classes, dtype=np.int64)
     n = 0
-    for batch in make_dataset(data, 8192, shuffle=False):
-        labels = batch["labels"]
-        counts += np.bincount(labels.flat_values.numpy(), minlength=num_classes)[:num_classes]
-        n += int(labels.nrows())
+    with located_read_errors(m):
+        for batch in make_dataset(m, 8192, shuffle=False):
+            labels = batch["labels"].flat_values.numpy()
+            ids = batch["feature_ids"].flat_values.numpy()
+            if (labels.size and (labels.min() < 0 or labels.max() >= num_classes)) or (
+                    num_features is not None and ids.size
+                    and (ids.min() < 0 or ids.max() >= num_features)):
+                raise locate(m)
+            counts += np.bincount(labels, minlength=num_classes)
+            n += int(batch["labels"].nrows())
+    if n != m.num_examples:
+        raise locate(m)
     return counts, n
 
 
@@ -113,26 +161,51 @@ def config_for_data(train: str, **overrides) -> MachConfig:
     """A config sized to the training data's manifest (K, D), with ``overrides``."""
     from tfrecords_tools.manifest import Manifest
 
+    from mach_tf.text_config import data_config_overrides
+
     m = Manifest.load(train)
-    return MachConfig.from_data(m.num_labels, m.num_features, **overrides)
+    num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
+    return MachConfig.from_data(m.num_labels, num_features, **overrides)
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
-    """Refuses data whose dimensions exceed the run's config, before training starts."""
+    """Refuses data the run's config cannot take, before training or evaluation starts.
+
+    The manifest's dimensions are declared ones (the converter refuses any id beyond
+    them), so data whose dimensions fit the config holds only ids the model knows.
+
+    Raises:
+        mach_tf.rundir.RunDirError: naming the data, the field and both values.
+    """
     from tfrecords_tools.manifest import Manifest
 
     m = Manifest.load(data)
-    if m.num_features > config.num_features or m.num_labels > config.num_classes:
+    from mach_tf.text_config import check_data_kind
+
+    check_data_kind(config, m, role)
+    beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
+              for field, have, mine, want in (
+                  ("num_features", m.num_features, "num_features", config.num_features),
+                  ("num_labels", m.num_labels, "num_classes", config.num_classes))
+              if have > want]
+    if beyond:
         raise rundir.RunDirError(
-            f"{data}: {role} data has num_features={m.num_features}, "
-            f"num_labels={m.num_labels}, beyond the run's config (num_features="
-            f"{config.num_features}, num_classes={config.num_classes})")
+            f"{m.path}: {role} data has " + "; ".join(beyond) + " (its ids may lie "
+            "beyond what the model knows); convert it with the run's dimensions or train a "
+            "new run sized to it")
+    if role == "training" and m.num_examples == 0:
+        raise rundir.RunDirError(f"{m.path}: training data has no examples")
 
 
 def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = None) -> MachConfig:
     """Writes (or checks) the run's config and training-data facts."""
     from tfrecords_tools.manifest import Manifest
 
+    if config.text is not None:  # count the text's document frequencies, once
+        from mach_tf.text import adapt_run
+
+        check_data(config, train, "training")
+        config = adapt_run(run, config, train)
     config = rundir.ensure_config(run, config)
     check_data(config, train, "training")
     if valid:
@@ -142,7 +215,7 @@ def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = No
 
     if not tf.io.gfile.exists(path):
         m = Manifest.load(train)
-        counts, n = count_labels(train, config.num_classes)
+        counts, n = count_labels(train, config.num_classes, config.num_features)
         rundir.save_label_counts(run, counts, n)
         rundir.write_json_atomic(path, {
             "train": os.path.abspath(train) if "://" not in train else train,
@@ -163,87 +236,197 @@ class WorkerReport:
     skipped: list[int] = dataclasses.field(default_factory=list)
     failed: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """Training of a group diverged (its loss became NaN or infinite)."""
 
 
-def _nan_guard():
+def _nan_guard(learning_rate: float):
     import keras
 
     class StopOnNonFiniteLoss(keras.callbacks.Callback):
         """Stops a group whose loss turns NaN/Inf, so no completion marker is written."""
 
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 self.model.stop_training = True
-                raise NonFiniteLossError(f"loss became {loss} at batch {batch}")
+                raise NonFiniteLossError(
+                    f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                    f"{batch + 1}: training diverged (lower the learning rate, now "
+                    f"{learning_rate:g}, or look for extreme feature values)")
 
     return StopOnNonFiniteLoss()
 
 
+def group_name(group: Sequence[int]) -> str:
+    return "group-" + "_".join(f"{r:03d}" for r in group)
+
+
 def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
-                log: Log = _stderr) -> dict:
+                log: Log = _stderr, *, save: Sequence[int] | None = None,
+                checkpoint_every: int = 0, claims=None, events: Events | None = None) -> dict:
     """Trains one group of repetitions with ``model.fit`` and saves each repetition.
 
+    The group resumes from its step checkpoint in ``RUN/work/group-.../checkpoint`` when
+    one exists (see :mod:`mach_tf.checkpoint`).
+
+    Args:
+        save: The repetitions to write (default: all of ``group``); the others are
+            complete already.
+        checkpoint_every: Also checkpoint every this many steps (0: at epoch ends and
+            every 5 minutes).
+        claims: The :class:`mach_tf.claims.ClaimSet` held on the group; checked before
+            every checkpoint and before the repetitions are written.
+        events: Receives progress events (dicts).
+
     Returns:
-        The Keras history of the group.
+        The per-epoch history of the group.
     """
     import keras
 
-    from mach_tf.data import training_dataset
+    import tensorflow as tf
+
+    from mach_tf.checkpoint import GroupCheckpoint, UnreadableCheckpointError, fit_resumable
     from mach_tf.model import build_model, compile_model, split
 
     group = list(group)
-    name = "group-" + "_".join(f"{r:03d}" for r in group)
+    save = group if save is None else [r for r in group if r in set(save)]
+    name = group_name(group)
     work = os.path.join(run, "work", name)
+    ckpt_dir = os.path.join(work, "checkpoint")
     keras.utils.set_random_seed(config.seed + 1000 * group[0])
     model = build_model(config, group)
     compile_model(model, config)
     from tfrecords_tools.manifest import Manifest
 
     steps = max(1, math.ceil(Manifest.load(train).num_examples / config.batch_size))
-    ds = training_dataset(train, config, group, shuffle=True, repeat=True)
-    val = training_dataset(valid, config, group, shuffle=False) if valid else None
+    featurizer = None
+    if config.text is not None:  # text runs featurise in the tf.data pipeline
+        from mach_tf.text import load_featurizer
+
+        featurizer = load_featurizer(run, config)
+    val = None
+    if valid:
+        from mach_tf.data import training_dataset
+
+        val = training_dataset(valid, config, group, shuffle=False, featurizer=featurizer)
+    emit = events or (lambda e: None)
     callbacks = [
-        _nan_guard(),
-        keras.callbacks.BackupAndRestore(os.path.join(work, "backup"), save_freq="epoch",
-                                         double_checkpoint=True),
+        _nan_guard(config.learning_rate),
         keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
                                     profile_batch=0),
     ]
+    if events is not None:
+        callbacks.append(_progress_callback(emit, worker, group, config.epochs))
+    state = GroupCheckpoint(ckpt_dir).state()
+    if state is not None:
+        emit({"event": "resume", "worker": worker, "reps": group, "epoch": state["epoch"],
+              "step": state["step"], "finished": state.get("finished", False)})
+        log(f"[worker {worker}] repetitions {group}: resuming at epoch {state['epoch']}, "
+            f"step {state['step']} of {steps} (global step {state['global_step']})")
+    check = claims.check if claims is not None else None
     t0 = time.time()
-    history = model.fit(ds, validation_data=val, epochs=config.epochs, steps_per_epoch=steps,
-                        verbose=verbose, callbacks=callbacks, shuffle=False)
+    from tfrecords_tools.verification import located_read_errors
+
+    try:
+        with located_read_errors(train, valid):
+            hist, info = fit_resumable(
+                model,
+                lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
+                                                   featurizer),
+                steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
+                callbacks=callbacks, validation_data=val, verbose=verbose,
+                every_steps=checkpoint_every, before_save=check)
+    except UnreadableCheckpointError as e:
+        # A torn checkpoint must not fail every rerun: report it and start the group over.
+        log(f"[worker {worker}] repetitions {group}: {e}; training them from the start")
+        tf.io.gfile.rmtree(ckpt_dir)
+        return train_group(run, config, group, train, valid, worker=worker, verbose=verbose,
+                           log=log, save=save, checkpoint_every=checkpoint_every,
+                           claims=claims, events=events)
     seconds = time.time() - t0
-    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    if check is not None:
+        check()
     for g, (r, single) in enumerate(zip(group, split(model))):
+        if r not in save:
+            continue
         marker = {
             "repetition": r, "group": group, "worker": worker, "epochs": len(hist.get(
                 "loss", [])), "train_seconds": seconds,
             "final_loss": hist.get("loss", [None])[-1],
             "bucket_acc": hist.get(f"rep_{r:03d}_acc", hist.get("bucket_acc", [None]))[-1],
             "hashing": config.hash_family.subset([r]).to_dict(),
+            "steps_per_epoch": steps, "resumed_from": info["resumed_from"],
+            "steps_run": info["steps_run"],
+            "optimizer_iterations": info["optimizer_iterations"],
             "mach_tf_version": __version__, "finished_at": time.time()}
         rundir.save_repetition(run, r, single, marker)
-    import tensorflow as tf
-
+        emit({"event": "rep_complete", "worker": worker, "rep": r})
     if tf.io.gfile.exists(work):
         tf.io.gfile.rmtree(work)
     return hist
 
 
+def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
+                   skip: int, steps: int, featurizer=None):
+    """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
+    first left out. Epoch ``e`` is shuffled with seed ``config.seed + e`` alone, so a
+    resumed group sees exactly the batches an uninterrupted one would."""
+    from mach_tf.data import training_dataset
+
+    out = None
+    for e in range(first, config.epochs):
+        ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e,
+                              featurizer=featurizer)
+        ds = ds.take(steps)
+        if e == first and skip:
+            ds = ds.skip(skip)  # reads, but does not train on, the batches already done
+        out = ds if out is None else out.concatenate(ds)
+    if _THREADS:
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = _THREADS
+        out = out.with_options(options)
+    return out
+
+
+def _progress_callback(emit: Events, worker: int, group: list[int], epochs: int):
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            emit({"event": "epoch", "worker": worker, "reps": group, "epoch": epoch + 1,
+                  "epochs": epochs, "loss": float(logs.get("loss", float("nan"))),
+                  "bucket_acc": float(logs.get("bucket_acc", float("nan")))})
+
+    return Progress()
+
+
 def train_worker(run: str, train: str, valid: str | None = None,
                  config: MachConfig | None = None, worker_index: int | None = None,
                  num_workers: int | None = None, verbose: int = 2,
-                 log: Log = _stderr) -> WorkerReport:
+                 log: Log = _stderr, *, checkpoint_every: int = 0,
+                 claim_lease: float | None = None, events: Events | None = None
+                 ) -> WorkerReport:
     """Trains this worker's unfinished repetitions (see module docstring).
+
+    Each group is claimed before it is trained (:mod:`mach_tf.claims`): a group another
+    live worker holds is left to it and waited for after this worker's other groups; it is
+    taken over if that worker's claim expires. Groups resume from their step checkpoints.
 
     Args:
         run: The run directory.
@@ -253,37 +436,131 @@ def train_worker(run: str, train: str, valid: str | None = None,
         worker_index, num_workers: This worker's place (see :func:`worker_identity`).
         verbose: Keras fit verbosity.
         log: Where progress lines go.
+        checkpoint_every: Also checkpoint every this many steps (0: epoch ends and every
+            5 minutes).
+        claim_lease: Seconds without a heartbeat after which a claim is taken over
+            (default ``MACH_TF_CLAIM_LEASE_S`` or 120).
+        events: Receives progress events (dicts), e.g. for a launcher's display.
 
     Returns:
         A :class:`WorkerReport`. Repetitions whose training failed are listed in
         ``failed`` (with the reason); the others are unaffected.
     """
+    from mach_tf import claims as claims_lib
+
     index, count = worker_identity(worker_index, num_workers)
+    cpu0 = time.process_time()
     if config is None:
         config = rundir.load_config(run)
     config = prepare_run(run, config, train, valid)
+    lease = float(claim_lease or os.environ.get("MACH_TF_CLAIM_LEASE_S")
+                  or claims_lib.DEFAULT_LEASE_S)
     report = WorkerReport(index, count)
+    emit = events or (lambda e: None)
+    tag = f"[worker {index}/{count}]"
     t0 = time.time()
     mine = assigned_repetitions(config.num_repetitions, index, count)
     report.skipped = [r for r in mine if rundir.is_complete(run, r)]
     todo = [r for r in mine if r not in report.skipped]
+    emit({"event": "start", "worker": index, "num_workers": count, "pid": os.getpid(),
+          "reps": mine, "skipped": report.skipped})
     if report.skipped:
-        log(f"[worker {index}/{count}] repetitions {report.skipped} already complete: skipped")
-    for start in range(0, len(todo), config.group_size):
-        group = todo[start:start + config.group_size]
-        log(f"[worker {index}/{count}] training repetitions {group}")
-        try:
-            train_group(run, config, group, train, valid, worker=index, verbose=verbose,
-                        log=log)
-        except NonFiniteLossError as e:
-            for r in group:
-                report.failed[r] = str(e)
-            log(f"[worker {index}/{count}] repetitions {group} FAILED: {e}")
-            continue
-        report.trained.extend(group)
-        log(f"[worker {index}/{count}] repetitions {group} complete")
+        log(f"{tag} repetitions {report.skipped} already complete: skipped")
+    owner = claims_lib.Owner.this_process(index)
+    pending = plan_groups(run, mine, todo, config.group_size)
+    waiting: set = set()  # groups whose holders were already named in the log
+    while pending:
+        deferred = []
+        for group in pending:
+            left = [r for r in group if not rundir.is_complete(run, r)]
+            if not left:
+                report.skipped.extend(r for r in group if r not in report.skipped)
+                log(f"{tag} repetitions {group} were completed by another worker")
+                continue
+            held = claims_lib.ClaimSet.acquire([rundir.rep_dir(run, r) for r in left], owner,
+                                               lease, log=lambda m: log(f"{tag} {m}"))
+            if held is None:
+                deferred.append(group)
+                if tuple(group) not in waiting:
+                    waiting.add(tuple(group))
+                    holders = {r: claims_lib.current_holder(rundir.rep_dir(run, r))
+                               for r in left}
+                    who = {r: f"{h['owner']['host']}:{h['owner']['pid']}" for r, h in
+                           holders.items() if h}
+                    log(f"{tag} repetitions {left} are claimed by {who}: waiting for them "
+                        f"to finish or their claim to expire ({lease:.0f} s)")
+                    emit({"event": "waiting", "worker": index, "reps": left})
+                continue
+            with held:
+                # Re-check under the claim: another worker may have finished in between.
+                left = [r for r in group if not rundir.is_complete(run, r)]
+                if not left:
+                    report.skipped.extend(r for r in group if r not in report.skipped)
+                    continue
+                if left != group and not _has_checkpoint(run, group):
+                    group = left  # never train a finished repetition again
+                log(f"{tag} training repetitions {group}" +
+                    (f" (writing {left})" if left != group else ""))
+                emit({"event": "group_start", "worker": index, "reps": group})
+                try:
+                    train_group(run, config, group, train, valid, worker=index,
+                                verbose=verbose, log=log, save=left,
+                                checkpoint_every=checkpoint_every, claims=held, events=events)
+                except (NonFiniteLossError, claims_lib.ClaimLost) as e:
+                    for r in left:
+                        report.failed[r] = str(e)
+                    log(f"{tag} repetitions {group} FAILED: {e}")
+                    emit({"event": "group_failed", "worker": index, "reps": left,
+                          "error": str(e)})
+                    continue
+            report.trained.extend(left)
+            log(f"{tag} repetitions {left} complete")
+        pending = deferred
+        if pending:
+            time.sleep(max(0.2, min(10.0, lease / 8.0)))
+    report.trained.sort()
+    report.skipped.sort()
     report.seconds = time.time() - t0
+    report.cpu_seconds = time.process_time() - cpu0
+    emit({"event": "end", "worker": index, "report": report.to_dict()})
     return report
+
+
+def _has_checkpoint(run: str, group: Sequence[int]) -> bool:
+    from mach_tf.checkpoint import GroupCheckpoint
+
+    return GroupCheckpoint(os.path.join(run, "work", group_name(group), "checkpoint")
+                           ).state() is not None
+
+
+def plan_groups(run: str, mine: Sequence[int], todo: Sequence[int],
+                group_size: int) -> list[list[int]]:
+    """This worker's groups: first the interrupted groups it can resume (a checkpoint in
+    ``RUN/work/`` whose repetitions are all this worker's, e.g. from a rerun with another
+    number of workers), then the rest of ``todo`` in chunks of ``group_size``."""
+    import tensorflow as tf
+
+    from mach_tf.checkpoint import GroupCheckpoint
+
+    mine_set, todo_set, taken = set(mine), set(todo), set()
+    groups = []
+    work = os.path.join(run, "work")
+    names = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(work)) \
+        if tf.io.gfile.isdir(work) else []
+    for n in names:
+        try:
+            reps = [int(x) for x in n[len("group-"):].split("_")] if n.startswith(
+                "group-") else []
+        except ValueError:
+            continue
+        if reps and set(reps) <= mine_set and set(reps) & todo_set and \
+                not set(reps) & taken and \
+                GroupCheckpoint(os.path.join(work, n, "checkpoint")).state() is not None:
+            groups.append(reps)
+            taken |= set(reps)
+    rest = [r for r in todo if r not in taken]
+    groups += [rest[i:i + group_size] for i in range(0, len(rest), group_size)]
+    return groups
 
 
 # -- local launcher ------------------------------------------------------------------------
@@ -321,7 +598,8 @@ def _pump(stream, prefix: str, sink) -> None:
 
 def train(run: str, train: str, valid: str | None = None, config: MachConfig | None = None,
           workers: int = 1, threads: int | None = None, verbose: int = 2,
-          log: Log = _stderr) -> dict:
+          log: Log = _stderr, *, checkpoint_every: int = 0,
+          claim_lease: float | None = None) -> dict:
     """Trains every repetition with ``workers`` local worker processes.
 
     Each worker is a separate ``python -m mach_tf train --worker-index i`` process with its
@@ -339,7 +617,8 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
     config = prepare_run(run, config, train, valid)
     if workers <= 1:
         configure_threads(threads)
-        rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log)
+        rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log,
+                           checkpoint_every=checkpoint_every, claim_lease=claim_lease)
         return _summary(run, config, [rep.to_dict()], time.time() - t0)
     ngpu = _gpu_count()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -353,6 +632,10 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
                str(threads), "--report-json", "--verbose-fit", str(verbose)]
         if valid:
             cmd += ["--valid", valid]
+        if checkpoint_every:
+            cmd += ["--checkpoint-every", str(checkpoint_every)]
+        if claim_lease:
+            cmd += ["--claim-lease", str(claim_lease)]
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         t = threading.Thread(target=_pump, args=(p.stderr, f"[w{i}] ", sys.stderr),

@@ -10,59 +10,63 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export import signatures as signatures_lib
+from export import stitch
 from export import warmup as warmup_lib
+from export.client import rows_from_padded, serialized_examples
 from export.stitch import ExportError, export_model, topk_agree
 from mach_tf import rundir
 from mach_tf.data import to_model_inputs
 from mach_tf.inference import MergedScorer
-from tfrecords_tools.convert import serialize_example
+from mach_tf.model import bucket_scores
 from tfrecords_tools.dataset import make_dataset
+
+LOADERS = ("saved_model.load", "session")
+SIGNATURES = ("serving_default", "predict_examples")
 
 
 @pytest.fixture(scope="module")
 def test_batch(tiny_data):
     batch = next(iter(make_dataset(tiny_data["test"], 64, shuffle=False)))
-    return to_model_inputs(batch), batch
+    inputs = {k: v.numpy() for k, v in to_model_inputs(batch).items()}
+    examples = serialized_examples(rows_from_padded(inputs["feature_ids"],
+                                                    inputs["feature_values"]))
+    return inputs, examples
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_run, test_batch):
-    config, model = rundir.load_all(tiny_run)
-    s, i = MergedScorer(config, model, "exact").topk(test_batch[0], 5)
+def run_model(tiny_run):
+    return rundir.load_all(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def reference(run_model, test_batch):
+    config, model = run_model
+    s, i = MergedScorer(config, model, "exact").topk(
+        {k: tf.constant(v) for k, v in test_batch[0].items()}, 5)
     return s.numpy(), i.numpy()
 
 
-def test_layout(tiny_export):
-    path, res = tiny_export
-    assert os.path.basename(path) == "1" and res.version == 1
-    for name in ("saved_model.pb", "variables", "assets.extra/tf_serving_warmup_requests"):
-        assert os.path.exists(os.path.join(path, name)), name
-    assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp")]
+@pytest.fixture(scope="module")
+def candidate_export(tmp_path_factory, tiny_run):
+    base = tmp_path_factory.mktemp("cand_export") / "mach"
+    return export_model(tiny_run, str(base), top_k=5, decoder="candidates",
+                        candidate_buckets=3)
 
 
-def test_saved_model_load_equals_in_python_scoring(tiny_export, test_batch, reference):
-    loaded = tf.saved_model.load(tiny_export[0])
-    out = loaded.signatures["serving_default"](**test_batch[0])
-    assert set(out) == {"label_ids", "scores", "labels"}
-    assert out["label_ids"].dtype == tf.int64 and out["scores"].dtype == tf.float32
-    assert topk_agree(out["label_ids"].numpy(), out["scores"].numpy(), reference[1],
-                      reference[0])
-    np.testing.assert_array_equal(out["labels"].numpy().astype(str),
-                                  out["label_ids"].numpy().astype(str))
+def run_signature(path, loader, signature, test_batch):
+    """Answers of ``signature`` for the test batch through ``loader``."""
+    inputs, examples = test_batch
+    feeds = dict(inputs) if signature == "serving_default" else \
+        {"examples": np.asarray(examples, dtype=object)}
+    if loader == "saved_model.load":
+        fn = tf.saved_model.load(path).signatures[signature]
+        out = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+        return {k: v.numpy() for k, v in out.items()}
+    return session_run(path, signature, feeds)
 
 
-def test_predict_examples_signature(tiny_export, test_batch, reference):
-    raw = test_batch[1]
-    examples = [serialize_example(lab, ids, vals) for lab, ids, vals in zip(
-        raw["labels"].to_list(), raw["feature_ids"].to_list(),
-        raw["feature_values"].to_list())]
-    loaded = tf.saved_model.load(tiny_export[0])
-    out = loaded.signatures["predict_examples"](examples=tf.constant(examples))
-    assert topk_agree(out["label_ids"].numpy(), out["scores"].numpy(), reference[1],
-                      reference[0])
-
-
-def _session_run(path, signature, feeds):
+def session_run(path, signature, feeds):
     """Runs a signature the way TensorFlow Serving does: v1 loader, tensor names."""
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
@@ -72,10 +76,44 @@ def _session_run(path, signature, feeds):
         return sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
 
 
-def test_v1_session_loader(tiny_export, test_batch, reference):
-    out = _session_run(tiny_export[0], "serving_default",
-                       {k: v.numpy() for k, v in test_batch[0].items()})
+def test_layout(tiny_export):
+    path, res = tiny_export
+    assert os.path.basename(path) == "1" and res.version == 1
+    assert res.verified_queries == 64
+    for name in ("saved_model.pb", "variables", "assets.extra/tf_serving_warmup_requests",
+                 "assets.extra/mach_tf.json"):
+        assert os.path.exists(os.path.join(path, name)), name
+    assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("signature", SIGNATURES)
+def test_signatures_equal_in_python_scoring(tiny_export, test_batch, reference, loader,
+                                            signature):
+    out = run_signature(tiny_export[0], loader, signature, test_batch)
+    assert set(out) == {"label_ids", "scores", "labels"}
+    assert out["label_ids"].dtype == np.int64 and out["scores"].dtype == np.float32
+    assert out["label_ids"].shape == (64, 5)
     assert topk_agree(out["label_ids"], out["scores"], reference[1], reference[0])
+    np.testing.assert_array_equal(out["labels"].astype(str), out["label_ids"].astype(str))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_candidate_decoder_export(candidate_export, run_model, test_batch, loader):
+    config, model = run_model
+    inputs = {k: tf.constant(v) for k, v in test_batch[0].items()}
+    ref_s, ref_i = MergedScorer(config, model, "candidates", 3).topk(inputs, 5)
+    out = run_signature(candidate_export.path, loader, "serving_default", test_batch)
+    assert topk_agree(out["label_ids"], out["scores"], ref_i.numpy(), ref_s.numpy())
+    # candidates are scored exactly: each returned score is the class's exact merged score
+    table = config.hash_family.table(config.num_classes)
+    s = bucket_scores(model(inputs), config.loss, config.merge).numpy()
+    exact = np.mean([s[:, r, table[r]] for r in range(config.num_repetitions)], axis=0)
+    np.testing.assert_allclose(out["scores"], np.take_along_axis(exact, out["label_ids"], 1),
+                               rtol=1e-5)
+    info = json.load(open(os.path.join(candidate_export.path, "assets.extra",
+                                       "mach_tf.json")))
+    assert info["decoder"] == "candidates" and info["candidate_buckets"] == 3
 
 
 def test_saved_model_cli_lists_signatures(tiny_export):
@@ -94,44 +132,106 @@ def test_warmup_requests_replay(tiny_export):
     path = tiny_export[0]
     logs = warmup_lib.read_warmup(
         os.path.join(path, "assets.extra", warmup_lib.WARMUP_FILE))
-    assert len(logs) >= 3
     loaded = tf.saved_model.load(path)
+    seen = {}
     for log in logs:
         req = log.predict_log.request
-        assert req.model_spec.signature_name == "serving_default"
         feeds = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
-        out = loaded.signatures["serving_default"](**{k: tf.constant(v)
-                                                      for k, v in feeds.items()})
-        assert out["label_ids"].shape[0] == feeds["feature_ids"].shape[0]
+        out = loaded.signatures[req.model_spec.signature_name](
+            **{k: tf.constant(v) for k, v in feeds.items()})
+        batch = len(next(iter(feeds.values())))
+        assert out["label_ids"].shape == (batch, 5)
+        seen.setdefault(req.model_spec.signature_name, []).append(batch)
+    assert seen["serving_default"][:4] == [1, 2, 4, 8]
+    assert seen["predict_examples"][:2] == [1, 4]
 
 
-def test_request_validation(tiny_export):
-    fn = tf.saved_model.load(tiny_export[0]).signatures["serving_default"]
-    good = {"feature_ids": tf.constant([[1, 2, -1]], tf.int64),
-            "feature_values": tf.constant([[1.0, 0.5, 0.0]])}
-    cases = [
-        ({"feature_ids": tf.constant([[1, 10**9]], tf.int64),
-          "feature_values": tf.constant([[1.0, 1.0]])}, "feature_ids must be < num_features"),
-        ({"feature_ids": tf.constant([[1, -5]], tf.int64),
-          "feature_values": tf.constant([[1.0, 1.0]])}, "must be >= 0"),
-        ({"feature_ids": tf.constant([[1, 2]], tf.int64),
-          "feature_values": tf.constant([[1.0]])}, "same shape"),
-        ({"feature_ids": tf.constant([[1]], tf.int64),
-          "feature_values": tf.constant([[np.nan]])}, "must be finite"),
-    ]
-    for bad, message in cases:
+BAD_DENSE = [
+    ([[1, 300]], [[1.0, 1.0]], "feature_ids must be < num_features=300"),
+    ([[1, 10**9]], [[1.0, 1.0]], "feature_ids must be < num_features"),
+    ([[1, -5]], [[1.0, 1.0]], "must be >= 0"),
+    ([[1, 2]], [[1.0]], "same shape"),
+    ([[1, 2], [3, 4]], [[1.0, 1.0]], "same shape"),
+    ([[1]], [[np.nan]], "must be finite"),
+    ([[1, 2]], [[1.0, -np.inf]], "must be finite"),
+]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_request_validation(tiny_export, loader):
+    path = tiny_export[0]
+    good = {"feature_ids": np.array([[1, 2, -1, -1], [299, 0, 5, -1]], np.int64),
+            "feature_values": np.array([[1.0, 0.5, 0.0, 0.0], [1.0, 1.0, 2.0, 0.0]],
+                                       np.float32)}
+    unpadded = {"feature_ids": good["feature_ids"][:1, :2],
+                "feature_values": good["feature_values"][:1, :2]}
+    if loader == "saved_model.load":
+        fn = tf.saved_model.load(path).signatures["serving_default"]
+
+        def call(feeds):
+            out = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+            return {k: v.numpy() for k, v in out.items()}
+    else:
+        sess = tf.compat.v1.Session(graph=tf.Graph())
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path).signature_def[
+            "serving_default"]
+
+        def call(feeds):
+            return sess.run({k: v.name for k, v in sig.outputs.items()},
+                            {sig.inputs[k].name: v for k, v in feeds.items()})
+    expected = call(good)
+    # -1 padding is not a feature: the padded query answers like the unpadded one
+    np.testing.assert_array_equal(call(unpadded)["label_ids"], expected["label_ids"][:1])
+    for ids, vals, message in BAD_DENSE:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            fn(**bad)
-        assert fn(**good)["label_ids"].shape == (1, 5)  # the next request is served
+            call({"feature_ids": np.array(ids, np.int64),
+                  "feature_values": np.array(vals, np.float32)})
+        # the next request is served normally
+        np.testing.assert_array_equal(call(good)["label_ids"], expected["label_ids"])
+
+
+def _example(ids, vals, ids_kind="int64"):
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    fid = feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=ids)) \
+        if ids_kind == "int64" else feature_pb2.Feature(
+            float_list=feature_pb2.FloatList(value=ids))
+    return example_pb2.Example(features=feature_pb2.Features(feature={
+        "feature_ids": fid,
+        "feature_values": feature_pb2.Feature(float_list=feature_pb2.FloatList(value=vals)),
+    })).SerializeToString()
+
+
+def test_predict_examples_validation(tiny_export):
+    fn = tf.saved_model.load(tiny_export[0]).signatures["predict_examples"]
+    good = [_example([1, 2], [1.0, 0.5]), _example([299], [1.0]), _example([], [])]
+    expected = fn(examples=tf.constant(good))["label_ids"].numpy()
+    assert expected.shape == (3, 5)
+    cases = [
+        ([_example([1, 2], [1.0])], "as many feature_values as feature_ids"),
+        ([_example([1, 300], [1.0, 1.0])], "feature_ids must be < num_features"),
+        ([_example([1, -1], [1.0, 1.0])], "in a tf.Example must be >= 0"),
+        ([_example([1], [float("nan")])], "must be finite"),
+        ([b"\x0a\x07not a proto"], "parse"),
+        ([_example([1.0], [1.0], ids_kind="float")], "feature_ids"),
+    ]
+    for examples, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            fn(examples=tf.constant(good[:1] + examples))
+        np.testing.assert_array_equal(fn(examples=tf.constant(good))["label_ids"].numpy(),
+                                      expected)
 
 
 def test_label_names_and_versions(tmp_path, tiny_run, tiny_config):
     names = tmp_path / "names.txt"
     names.write_text("".join(f"label-{i}\n" for i in range(tiny_config.num_classes)))
     base = str(tmp_path / "mach")
-    first = export_model(tiny_run, base, top_k=3, label_names=str(names), verify=False)
+    first = export_model(tiny_run, base, top_k=3, label_names=str(names), verify=False,
+                         warmup=False)
     second = export_model(tiny_run, base, top_k=3, label_names=str(names))
     assert (first.version, second.version) == (1, 2)
+    assert first.decoder == "exact"  # auto: K = 60 is far below the candidates threshold
+    assert first.verified_queries == 0 and second.verified_queries == 64
     with pytest.raises(ExportError, match="already exists"):
         export_model(tiny_run, base, version=2)
     assert os.path.exists(os.path.join(second.path, "assets", "labels.txt"))
@@ -141,14 +241,21 @@ def test_label_names_and_versions(tmp_path, tiny_run, tiny_config):
     assert [x.decode() for x in out["labels"].numpy()[0]] == [f"label-{i}" for i in ids]
     info = json.load(open(os.path.join(second.path, "assets.extra", "mach_tf.json")))
     assert info["top_k"] == 3 and info["config"] == tiny_config.to_dict()
+    assert sorted(os.listdir(base)) == ["1", "2"]
 
 
-def test_wrong_label_count_is_refused(tmp_path, tiny_run):
+def test_bad_arguments_are_refused_before_writing(tmp_path, tiny_run):
+    base = tmp_path / "m"
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    with pytest.raises(ExportError, match="has 2 label names"):
-        export_model(tiny_run, str(tmp_path / "m"), label_names=str(names))
-    assert not os.path.exists(tmp_path / "m" / "1")
+    for kwargs, message in (({"label_names": str(names)}, "has 2 label names"),
+                            ({"top_k": 0}, "top_k must be >= 1"),
+                            ({"candidate_buckets": 0}, "candidate_buckets must be >= 1"),
+                            ({"decoder": "fast"}, "decoder must be one of"),
+                            ({"version": -1}, "non-negative")):
+        with pytest.raises(ExportError, match=message):
+            export_model(tiny_run, str(base), **kwargs)
+        assert not base.exists() or os.listdir(base) == []
 
 
 def test_failure_mid_export_leaves_no_version(tmp_path, tiny_run, monkeypatch):
@@ -162,11 +269,50 @@ def test_failure_mid_export_leaves_no_version(tmp_path, tiny_run, monkeypatch):
     assert os.listdir(base) == []
 
 
-def test_candidate_decoder_export(tmp_path, tiny_run, test_batch):
-    res = export_model(tiny_run, str(tmp_path / "c"), top_k=5, decoder="candidates",
-                       candidate_buckets=3)
-    config, model = rundir.load_all(tiny_run)
-    ref_s, ref_i = MergedScorer(config, model, "candidates", 3).topk(test_batch[0], 5)
-    out = tf.saved_model.load(res.path).signatures["serving_default"](**test_batch[0])
-    assert topk_agree(out["label_ids"].numpy(), out["scores"].numpy(), ref_i.numpy(),
-                      ref_s.numpy())
+def test_wrongly_stacked_model_fails_verification(tmp_path, tiny_run, monkeypatch):
+    """A stacking bug (repetitions in the wrong order) is caught by the check against the
+    separately loaded repetitions, and leaves nothing behind."""
+    real_stack = stitch.stack
+    monkeypatch.setattr(stitch, "stack", lambda models: real_stack(models[::-1]))
+    base = tmp_path / "m"
+    with pytest.raises(ExportError, match=r"serving_default \(tf.saved_model.load\) differs "
+                                          r"from the in-Python merged top-10"):
+        export_model(tiny_run, str(base), decoder="exact", warmup=False)
+    assert os.listdir(base) == []
+
+
+def test_altered_table_fails_verification(tmp_path, tiny_run, monkeypatch):
+    """A candidate index altered before writing (repetitions 0 and 1 given each other's
+    hash buckets) makes the served answers wrong: the export fails, leaves nothing behind."""
+
+    class Swapped(signatures_lib.DecoderState):
+        def __init__(self, config, decoder, m):
+            super().__init__(config, decoder, m)
+            base = np.arange(config.num_repetitions) * config.num_buckets
+            buckets = self.class_slots.numpy() - base
+            buckets[:, [0, 1]] = buckets[:, [1, 0]]
+            self.class_slots.assign((buckets + base).astype(np.int32))
+
+    monkeypatch.setattr(signatures_lib, "DecoderState", Swapped)
+    base = tmp_path / "m"
+    with pytest.raises(ExportError, match="differs from the in-Python merged"):
+        export_model(tiny_run, str(base), decoder="candidates", candidate_buckets=4,
+                     warmup=False)
+    assert os.listdir(base) == []
+
+
+def test_reference_is_independent_of_the_export(tiny_run, run_model, test_batch):
+    """The verification's reference (numpy decoding of the separately loaded repetitions)
+    equals the merged scoring of the stacked model."""
+    config, model = run_model
+    inputs = test_batch[0]
+    _, singles = rundir.load_repetitions(tiny_run)
+    ref_scores = stitch.reference_bucket_scores(config, singles, inputs)
+    stacked = bucket_scores(model({k: tf.constant(v) for k, v in inputs.items()}),
+                            config.loss, config.merge).numpy()
+    np.testing.assert_allclose(ref_scores, stacked, rtol=1e-5, atol=1e-7)
+    for decoder, m in (("exact", 10), ("candidates", 3)):
+        ref = stitch.reference_topk(config, ref_scores, decoder, m, 5)
+        got = MergedScorer(config, model, decoder, m).topk(
+            {k: tf.constant(v) for k, v in inputs.items()}, 5)
+        assert topk_agree(got[1].numpy(), got[0].numpy(), ref[1], ref[0])

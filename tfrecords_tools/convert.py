@@ -10,6 +10,7 @@ leaves a manifest that looks complete.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 
 from tfrecords_tools.manifest import (FORMAT_VERSION, Manifest, manifest_path, shard_names,
                                       write_json_atomic)
-from tfrecords_tools.parse import TextReader
+from tfrecords_tools.parse import FLOAT32_OVERFLOW, TextReader
 
 COMPRESSIONS = ("NONE", "GZIP")
 
@@ -38,11 +39,31 @@ def serialize_example(labels, feature_ids, feature_values, text: bytes | None = 
         features=feature_pb2.Features(feature=feat)).SerializeToString()
 
 
+def check_point(index: int, labels, feature_ids, feature_values, num_features: int,
+                num_labels: int) -> None:
+    """The text parser's rules for a point built in memory (see :func:`write_examples`)."""
+    where = f"point {index}"
+    if len(feature_ids) != len(feature_values):
+        raise ValueError(f"{where}: {len(feature_ids)} feature ids but "
+                         f"{len(feature_values)} feature values")
+    for what, ids, limit in (("feature", feature_ids, num_features),
+                             ("label", labels, num_labels)):
+        for x in ids:
+            if not 0 <= int(x) < limit:
+                raise ValueError(f"{where}: {what} id {int(x)} outside [0, {limit})")
+    if len(set(int(x) for x in feature_ids)) != len(feature_ids):
+        raise ValueError(f"{where}: repeated feature ids {list(feature_ids)}")
+    for v in feature_values:
+        if not math.isfinite(v) or abs(v) >= FLOAT32_OVERFLOW:
+            raise ValueError(f"{where}: feature value {v!r} is not finite in float32")
+
+
 class ShardedWriter:
     """Writes serialized examples round-robin to N shards, atomically.
 
-    Use as a context manager: on a clean exit the temporary shards are renamed into place;
-    on an exception they are deleted.
+    Use as a context manager: on a clean exit the temporary shards are renamed into place
+    (after removing the manifest of an earlier conversion of the prefix); on an exception
+    they are deleted. The caller writes the new manifest afterwards.
     """
 
     def __init__(self, prefix: str, num_shards: int = 1, compression: str = "NONE"):
@@ -62,6 +83,7 @@ class ShardedWriter:
         opts = tf.io.TFRecordOptions(compression_type="GZIP" if compression == "GZIP" else "")
         self._writers = [tf.io.TFRecordWriter(p, opts) for p in self._tmp]
         self.counts = [0] * num_shards
+        self.sizes: list[int] = []  # bytes per shard, known after a clean exit
         self._next = 0
 
     def write(self, record: bytes) -> None:
@@ -84,9 +106,28 @@ class ShardedWriter:
                 if tf.io.gfile.exists(p):
                     tf.io.gfile.remove(p)
             return False
-        for p, name in zip(self._tmp, self.names):
-            tf.io.gfile.rename(p, os.path.join(parent, name), overwrite=True)
+        self.sizes = [tf.io.gfile.stat(p).length for p in self._tmp]
+        # A manifest left by an earlier conversion of this prefix would describe the old
+        # shards: it goes first, so that no moment exists where it looks complete beside
+        # new shards. The new manifest is written last, by the caller.
+        old = manifest_path(self.prefix)
+        if tf.io.gfile.exists(old):
+            tf.io.gfile.remove(old)
+        try:
+            for p, name in zip(self._tmp, self.names):
+                _move_into_place(p, os.path.join(parent, name))
+        except BaseException:
+            for p in self._tmp:
+                if tf.io.gfile.exists(p):
+                    tf.io.gfile.remove(p)
+            raise
         return False
+
+
+def _move_into_place(tmp: str, final: str) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.rename(tmp, final, overwrite=True)
 
 
 class _Progress:
@@ -119,13 +160,15 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
             num_labels: int | None = None, on_error: str = "fail",
             progress: bool | None = None,
             log: Callable[[str], None] | None = None) -> Manifest:
-    """Converts an XMC or libsvm text file into sharded TFRecords and a manifest.
+    """Converts an XMC, libsvm or text-format file into sharded TFRecords and a manifest.
 
     Args:
         input_path: Text file (plain or gzip).
         prefix: Output prefix; shards are ``PREFIX-0000i-of-0000N.tfrecord[.gz]`` and the
             manifest ``PREFIX.manifest.json``.
-        fmt: ``"xmc"`` or ``"libsvm"``.
+        fmt: ``"xmc"``, ``"libsvm"`` or ``"text"`` (``labels<TAB>text`` lines, see
+            :mod:`tfrecords_tools.text_format`: each record holds the raw text in ``text``
+            and no sparse features).
         num_shards: Number of output shards.
         compression: ``"NONE"`` or ``"GZIP"``.
         num_features: Feature dimension (libsvm: checked, or inferred when omitted).
@@ -140,50 +183,89 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
     Raises:
         DataFormatError: naming the file and line of the first fault (``on_error="fail"``).
     """
-    reader = TextReader(input_path, fmt, num_features=num_features, num_labels=num_labels,
-                        on_error=on_error)
+    is_text = fmt == "text"
+    if is_text:
+        from tfrecords_tools.text_format import TextQueryReader
+
+        if num_features is not None:
+            raise ValueError("num_features does not apply to --format text: text has no "
+                             "feature ids (the featuriser's hash dimension is chosen when "
+                             "training, 'mach-tf train --text-features D')")
+        reader = TextQueryReader(input_path, num_labels=num_labels, on_error=on_error)
+    else:
+        reader = TextReader(input_path, fmt, num_features=num_features,
+                            num_labels=num_labels, on_error=on_error)
     bar = _Progress(f"convert {os.path.basename(os.fspath(input_path))}", progress)
     n = nnz = nlab = 0
     with ShardedWriter(prefix, num_shards, compression) as writer:
         for p in reader:
-            writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
+            if is_text:
+                writer.write(serialize_example(p.labels, [], [], p.text.encode("utf-8")))
+            else:
+                writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
+                nnz += len(p.feature_ids)
             n += 1
-            nnz += len(p.feature_ids)
             nlab += len(p.labels)
             if n % 4096 == 0:
                 bar.update(n)
         bar.close(n)
-        nf, nl = reader.dimensions()
-        manifest = Manifest(
-            num_examples=n, num_features=nf, num_labels=nl,
-            shards=list(writer.names), shard_counts=list(writer.counts),
-            compression=writer.compression, format_version=FORMAT_VERSION,
-            source={"path": os.path.abspath(os.fspath(input_path)), "format": fmt},
-            lines_read=reader.lines_read,
-            skipped=[{"line": ln, "reason": r} for ln, r in reader.skipped],
-            stats={"avg_features_per_point": nnz / max(n, 1),
-                   "avg_labels_per_point": nlab / max(n, 1)})
+        if n + len(reader.skipped) != reader.lines_read:  # the accounting promise
+            raise RuntimeError(f"{input_path}: {n} converted + {len(reader.skipped)} skipped "
+                               f"!= {reader.lines_read} lines read")
+    nf, nl = reader.dimensions()
+    manifest = Manifest(
+        num_examples=n, num_features=nf, num_labels=nl,
+        shards=list(writer.names), shard_counts=list(writer.counts),
+        shard_bytes=list(writer.sizes), compression=writer.compression,
+        format_version=FORMAT_VERSION,
+        source={"path": os.path.abspath(os.fspath(input_path)), "format": fmt},
+        lines_read=reader.lines_read,
+        skipped=[{"line": ln, "reason": r} for ln, r in reader.skipped],
+        stats={"avg_features_per_point": nnz / max(n, 1),
+               "avg_labels_per_point": nlab / max(n, 1),
+               **({"avg_chars_per_text": reader.chars / max(n, 1),
+                   "avg_words_per_text": reader.words / max(n, 1)} if is_text else {})},
+        text=is_text)
     write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    manifest.prefix = os.fspath(prefix)
     if reader.skipped and log is not None:
-        first = "; ".join(f"line {ln}: {r}" for ln, r in reader.skipped[:3])
-        log(f"{os.fspath(input_path)}: skipped {len(reader.skipped)} of {reader.lines_read} "
-            f"lines (listed in {manifest_path(prefix)}); first: {first}")
+        log(skip_summary(os.fspath(input_path), manifest))
     return manifest
+
+
+def skip_summary(source: str, manifest: Manifest, show: int = 3) -> str:
+    """One line: how many lines were skipped, where they are listed, the first reasons."""
+    first = "; ".join(f"line {s['line']}: {s['reason']}" for s in manifest.skipped[:show])
+    more = f" (+{len(manifest.skipped) - show} more)" if len(manifest.skipped) > show else ""
+    return (f"{source}: converted {manifest.num_examples} and skipped "
+            f"{len(manifest.skipped)} of {manifest.lines_read} lines (all listed in "
+            f"{manifest.path}); first: {first}{more}")
 
 
 def write_examples(prefix: str, points: Iterable[tuple], num_features: int, num_labels: int,
                    num_shards: int = 1, compression: str = "NONE",
                    source: dict | None = None) -> Manifest:
-    """Writes in-memory points ``(labels, ids, values[, text])`` as a converted dataset."""
+    """Writes in-memory points ``(labels, ids, values[, text])`` as a converted dataset.
+
+    Raises:
+        ValueError: naming the first point (0-based) that breaks the schema: ids outside
+            ``[0, num_features)`` / ``[0, num_labels)``, repeated feature ids, as many
+            values as ids, values finite in float32. Nothing is written then.
+    """
     n = 0
+    has_text = False
     with ShardedWriter(prefix, num_shards, compression) as writer:
         for p in points:
+            check_point(n, p[0], p[1], p[2], num_features, num_labels)
             writer.write(serialize_example(*p))
+            has_text = has_text or (len(p) > 3 and p[3] is not None)
             n += 1
-        manifest = Manifest(num_examples=n, num_features=num_features, num_labels=num_labels,
-                            shards=list(writer.names), shard_counts=list(writer.counts),
-                            compression=writer.compression, format_version=FORMAT_VERSION,
-                            source=source or {"format": "python"}, lines_read=n)
+    manifest = Manifest(num_examples=n, num_features=num_features, num_labels=num_labels,
+                        text=has_text,
+                        shards=list(writer.names), shard_counts=list(writer.counts),
+                        shard_bytes=list(writer.sizes), compression=writer.compression,
+                        format_version=FORMAT_VERSION,
+                        source=source or {"format": "python"}, lines_read=n)
     write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    manifest.prefix = os.fspath(prefix)
     return manifest
-

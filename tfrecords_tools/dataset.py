@@ -51,6 +51,9 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
     Returns:
         A ``tf.data.Dataset`` of dicts with ragged ``feature_ids`` (int64),
         ``feature_values`` (float32) and ``labels`` (int64), each ``[batch, None]``.
+        tf.data reports a damaged record as a ``DataLossError`` without the file: iterate
+        inside :func:`tfrecords_tools.verification.located_read_errors` to have the shard
+        named.
     """
     manifest = data if isinstance(data, Manifest) else Manifest.load(data)
     files = manifest.shard_paths

@@ -1,0 +1,265 @@
+"""Request bodies for a mach-tf export served by TensorFlow Serving.
+
+Turns a batch of XMC / libsvm text lines (``[labels] id:value id:value ...``; the labels,
+if any, are ignored), or of raw query strings for a text model's ``predict_text``, into
+what TensorFlow Serving's two APIs take:
+
+* REST (``POST /v1/models/NAME:predict``): :func:`rest_body` gives the JSON object, in the
+  row layout (``"instances"``) or the columnar layout (``"inputs"``), for
+  ``serving_default`` (padded ``feature_ids`` / ``feature_values``) or ``predict_examples``
+  (serialized ``tf.train.Example`` strings, base64-encoded as ``{"b64": ...}``).
+* gRPC (``PredictionService/Predict``, port 8500): :func:`grpc_request` gives the
+  ``tensorflow.serving.PredictRequest`` proto; :func:`response_outputs` turns the
+  ``PredictResponse`` back into numpy arrays.
+
+Every line becomes exactly one query, in order, so the i-th answer belongs to the i-th line;
+a malformed line raises :class:`~tfrecords_tools.parse.DataFormatError` naming it. Raw
+queries (``predict_text``, or ``predict_examples`` with ``text=True``) are sent as they
+are (the model normalises them); a line of the text format (``labels<TAB>text``) gives its
+text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from mach_tf.predict import pad_batch
+from tfrecords_tools.parse import DataFormatError, parse_line
+from tfrecords_tools.text_format import query_text
+
+SERVING_DEFAULT = "serving_default"
+PREDICT_EXAMPLES = "predict_examples"
+PREDICT_TEXT = "predict_text"
+#: The signatures every export has (XMC lines go to these).
+SIGNATURES = (SERVING_DEFAULT, PREDICT_EXAMPLES)
+#: With a text model's ``predict_text``.
+ALL_SIGNATURES = SIGNATURES + (PREDICT_TEXT,)
+LAYOUTS = ("columnar", "row")
+
+Row = tuple[list[int], list[float]]
+_HEADER = re.compile(r"\s*\d+\s+\d+\s+\d+\s*")
+
+
+def parse_queries(lines: Iterable[str], num_features: int | None = None,
+                  source: str = "<lines>") -> list[Row]:
+    """Parses query lines into ``(feature_ids, feature_values)`` rows.
+
+    An XMC header line (``num_points num_features num_labels``) in first place is skipped:
+    it can never be a data line (features need ``id:value``).
+
+    Args:
+        lines: Text lines, with or without line ends.
+        num_features: When given, feature ids must be below it (else the server refuses the
+            request; this names the line instead).
+        source: Name used in error messages.
+
+    Returns:
+        One row per data line.
+
+    Raises:
+        DataFormatError: naming the line that breaks the grammar (a blank line included:
+            every line is a query).
+    """
+    rows: list[Row] = []
+    for lineno, line in enumerate(lines, start=1):
+        text = line.rstrip("\r\n")
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+            if _HEADER.fullmatch(text):
+                continue
+        try:
+            _labels, ids, vals = parse_line(text, num_features=num_features)
+        except ValueError as e:
+            raise DataFormatError(source, lineno, str(e)) from None
+        rows.append((ids, vals))
+    return rows
+
+
+def _rows(queries) -> list[Row]:
+    """Rows from text lines (a str is split into lines) or already parsed rows."""
+    if isinstance(queries, str):
+        return parse_queries(queries.splitlines())
+    queries = list(queries)
+    if queries and isinstance(queries[0], str):
+        return parse_queries(queries)
+    return [(list(ids), list(vals)) for ids, vals in queries]
+
+
+def text_queries(queries, source: str = "<lines>") -> list[str]:
+    """Raw query strings: a list of queries, or one string of lines (one query each).
+
+    A line of the text format (``labels<TAB>text``) gives its text. Bytes are decoded as
+    UTF-8.
+
+    Raises:
+        DataFormatError: naming the query that is not valid UTF-8 (bytes that are not, or a
+            str holding lone surrogates, which JSON and the server refuse).
+    """
+    items = queries.splitlines() if isinstance(queries, str) else list(queries)
+    out = []
+    for i, q in enumerate(items, start=1):
+        try:
+            text = q.decode("utf-8") if isinstance(q, bytes) else str(q)
+            text.encode("utf-8")
+        except UnicodeError as e:
+            raise DataFormatError(source, i, f"query is not valid UTF-8 ({e.reason})") from None
+        out.append(query_text(text))
+    return out
+
+
+def text_examples(texts: Sequence[str]) -> list[bytes]:
+    """Each query as a serialized ``tf.train.Example`` with its ``text`` (a text model's
+    ``predict_examples`` input)."""
+    from tfrecords_tools.convert import serialize_example
+
+    return [serialize_example([], [], [], t.encode("utf-8")) for t in texts]
+
+
+def serialized_examples(rows: Sequence[Row]) -> list[bytes]:
+    """Each row as a serialized ``tf.train.Example`` (the TFRecord schema, no labels)."""
+    from tfrecords_tools.convert import serialize_example
+
+    return [serialize_example([], ids, vals) for ids, vals in rows]
+
+
+def rows_from_padded(feature_ids: np.ndarray, feature_values: np.ndarray) -> list[Row]:
+    """Inverse of padding: drops the -1 entries of each row."""
+    out = []
+    for ids, vals in zip(np.asarray(feature_ids), np.asarray(feature_values)):
+        keep = ids >= 0
+        out.append((ids[keep].tolist(), vals[keep].tolist()))
+    return out
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
+              text: bool = False) -> dict:
+    """The JSON object for TensorFlow Serving's REST predict API.
+
+    Args:
+        queries: Text lines (or one string of lines), or parsed ``(ids, values)`` rows;
+            for ``predict_text`` (or with ``text``) raw query strings.
+        signature: ``serving_default``, ``predict_examples`` or ``predict_text``.
+        layout: ``"columnar"`` (``{"inputs": {name: batch}}``; the answer comes back as
+            ``{"outputs": {name: batch}}``) or ``"row"`` (``{"instances": [{name: value}]}``;
+            the answer is ``{"predictions": [{name: value}]}``).
+        text: The queries are raw text for a text model (``predict_examples`` then sends
+            tf.Examples holding ``text``).
+
+    Returns:
+        A dict; send ``json.dumps`` of it (see :func:`rest_json`).
+
+    Raises:
+        ValueError: for an unknown signature or layout.
+        DataFormatError: for a malformed line.
+    """
+    if signature not in ALL_SIGNATURES:
+        raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    text = _check_text(signature, text)
+    if signature == PREDICT_TEXT:
+        texts = text_queries(queries)
+        if layout == "row":
+            return {"signature_name": signature, "instances": [{"text": t} for t in texts]}
+        return {"signature_name": signature, "inputs": {"text": texts}}
+    if signature == PREDICT_EXAMPLES:
+        examples = [_b64(x) for x in (text_examples(text_queries(queries)) if text
+                                      else serialized_examples(_rows(queries)))]
+        if layout == "row":
+            return {"signature_name": signature,
+                    "instances": [{"examples": x} for x in examples]}
+        return {"signature_name": signature, "inputs": {"examples": examples}}
+    # Row-layout instances are stacked into one tensor, so every row has the batch's width.
+    t = pad_batch(_rows(queries))
+    ids, vals = t["feature_ids"].tolist(), t["feature_values"].tolist()
+    if layout == "row":
+        return {"signature_name": signature,
+                "instances": [{"feature_ids": i, "feature_values": v}
+                              for i, v in zip(ids, vals)]}
+    return {"signature_name": signature,
+            "inputs": {"feature_ids": ids, "feature_values": vals}}
+
+
+def _check_text(signature: str, text: bool) -> bool:
+    if text and signature == SERVING_DEFAULT:
+        raise ValueError("raw text queries go to predict_text (or predict_examples); "
+                         "serving_default takes feature ids")
+    return text or signature == PREDICT_TEXT
+
+
+def rest_json(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
+              text: bool = False) -> str:
+    """:func:`rest_body` as a JSON string, ready to POST (UTF-8 text kept as is)."""
+    return json.dumps(rest_body(queries, signature, layout, text), separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "mach",
+                 version: int | None = None, text: bool = False):
+    """A ``tensorflow.serving.PredictRequest`` for TensorFlow Serving's gRPC API.
+
+    Args:
+        queries: Text lines (or one string of lines), or parsed ``(ids, values)`` rows;
+            for ``predict_text`` (or with ``text``) raw query strings.
+        signature: ``serving_default``, ``predict_examples`` or ``predict_text``.
+        model_name: The served model's name (``MODEL_NAME`` of the container).
+        version: A specific version; ``None`` lets the server pick its latest.
+        text: The queries are raw text (see :func:`rest_body`).
+
+    Raises:
+        ValueError: for an unknown signature.
+        DataFormatError: for a malformed line.
+    """
+    if signature not in ALL_SIGNATURES:
+        raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
+    text = _check_text(signature, text)
+    if signature == PREDICT_TEXT:
+        return predict_request({"text": text_queries(queries)}, signature, model_name,
+                               version)
+    if signature == PREDICT_EXAMPLES:
+        examples = text_examples(text_queries(queries)) if text else \
+            serialized_examples(_rows(queries))
+        return predict_request({"examples": examples}, signature, model_name, version)
+    return predict_request(pad_batch(_rows(queries)), signature, model_name, version)
+
+
+def predict_request(inputs: dict, signature: str = SERVING_DEFAULT, model_name: str = "mach",
+                    version: int | None = None):
+    """A ``PredictRequest`` from named inputs: ``feature_ids`` / ``feature_values`` arrays,
+    ``examples`` (a list of serialized tf.Examples) or ``text`` (a list of query strings)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = int(version)
+    for name, value in inputs.items():
+        if name == "examples":
+            proto = tf.make_tensor_proto(list(value), dtype=tf.string, shape=[len(value)])
+        elif name == "text":
+            value = [v.encode("utf-8") if isinstance(v, str) else v for v in value]
+            proto = tf.make_tensor_proto(value, dtype=tf.string, shape=[len(value)])
+        elif name == "feature_ids":
+            proto = tf.make_tensor_proto(np.asarray(value, np.int64))
+        else:
+            proto = tf.make_tensor_proto(np.asarray(value, np.float32))
+        req.inputs[name].CopyFrom(proto)
+    return req
+
+
+def response_outputs(response) -> dict:
+    """The outputs of a ``PredictResponse`` as numpy arrays (``labels`` as bytes)."""
+    import tensorflow as tf
+
+    return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}

@@ -28,6 +28,7 @@ import re
 import time
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from mach_tf.rundir import write_json_atomic
@@ -38,6 +39,29 @@ _FILE = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 
 class UnreadableCheckpointError(OSError):
     """Neither the latest nor the previous checkpoint of a group can be loaded."""
+
+
+def _seed_generators(model) -> list:
+    """The model's random seed generators (dropout's), in a stable order."""
+    out = []
+    for layer in model._flatten_layers(include_self=True):  # noqa: SLF001 (Keras' walk)
+        out.extend(getattr(layer, "_seed_generators", []))
+    return out
+
+
+def rng_state(model) -> list:
+    """The states of the model's seed generators: saved with a checkpoint so that a
+    resumed group draws the same dropout masks as an uninterrupted one."""
+    return [[int(v) for v in g.state.numpy()] for g in _seed_generators(model)]
+
+
+def set_rng_state(model, states: list) -> None:
+    gens = _seed_generators(model)
+    if len(gens) != len(states):
+        raise ValueError(f"checkpoint holds {len(states)} random generator states, the model "
+                         f"has {len(gens)}")
+    for g, st in zip(gens, states):
+        g.state.assign(np.asarray(st, dtype=g.state.dtype))
 
 
 class GroupCheckpoint:
@@ -71,7 +95,8 @@ class GroupCheckpoint:
                  "steps_per_epoch": int(steps_per_epoch), "weights": name,
                  "previous": old.get("weights") if old and old.get("weights") != name
                  else (old or {}).get("previous"),
-                 "history": history, "finished": bool(finished), "saved_at": time.time()}
+                 "history": history, "finished": bool(finished), "rng": rng_state(model),
+                 "saved_at": time.time()}
         write_json_atomic(self.pointer, state)
         keep = {state["weights"], state["previous"]}
         for f in tf.io.gfile.listdir(self.directory):
@@ -100,6 +125,8 @@ class GroupCheckpoint:
             model.optimizer.build(model.trainable_variables)
         try:
             model.load_weights(os.path.join(self.directory, state["weights"]))
+            if state.get("rng") is not None:
+                set_rng_state(model, state["rng"])
             return state
         except (OSError, ValueError) as e:
             if not state.get("previous"):
@@ -178,7 +205,7 @@ def _checkpoint_callback():
 
 def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Dataset"], *,
                   steps_per_epoch: int, epochs: int, checkpoint_dir: str,
-                  callbacks=(), validation_data=None, verbose: int = 0,
+                  callbacks=(), after_checkpoint=(), validation_data=None, verbose: int = 0,
                   every_steps: int = 0, every_seconds: float = 300.0,
                   before_save: Callable[[], None] | None = None) -> tuple[dict, dict]:
     """``model.fit`` for ``epochs`` epochs that resumes from, and writes, step checkpoints.
@@ -191,7 +218,11 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
         steps_per_epoch: Batches per epoch.
         epochs: Total epochs.
         checkpoint_dir: The group's checkpoint directory.
-        callbacks: More Keras callbacks (run in both ``fit`` calls of a resumed epoch).
+        callbacks: More Keras callbacks (run in both ``fit`` calls of a resumed epoch),
+            run before the checkpoint's: the epoch history it saves holds what they added
+            to the logs (the merged validation metrics).
+        after_checkpoint: Callbacks run after the checkpoint's (progress reports, so a
+            reported epoch is a saved one).
         validation_data: Passed to ``fit``.
         verbose: ``fit`` verbosity.
         every_steps: Also checkpoint every this many steps (0: only by time and epoch).
@@ -221,7 +252,7 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
         return history, info
     cb = _checkpoint_callback()(ckpt, steps_per_epoch, every_steps, every_seconds,
                                 global_step, step, history, before_save)
-    all_callbacks = [cb, *callbacks]
+    all_callbacks = [*callbacks, cb, *after_checkpoint]
     if step > 0:  # finish the interrupted epoch first
         # (each fit starts a new iterator over its dataset, so each gets its own)
         model.fit(dataset_for_epochs(epoch, step), initial_epoch=epoch, epochs=epoch + 1,

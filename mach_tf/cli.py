@@ -66,6 +66,14 @@ EXAMPLES = {
           tail -n +2 test.txt | mach-tf predict --model serving/mach/3 > predictions.jsonl
           echo "red running shoes" | mach-tf predict --model serving/text --text
     """,
+    "tune": """
+        examples:
+          mach-tf tune --train data/tfr/train --output tuning/r1 --max-trials 12
+          mach-tf tune --train data/tfr/train --valid data/tfr/valid --output tuning/r2 \\
+              --tuner hyperband --max-epochs 27
+          mach-tf train --train data/tfr/train --model-dir runs/r1 --config tuning/r1/config.json
+          tensorboard --logdir tuning/r1/logs      # HParams dashboard of the trials
+    """,
     "demo": """
         examples:
           mach-tf demo --json
@@ -163,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=("softmax", "sigmoid"))
     t.add_argument("--merge", choices=("prob", "logprob"))
     t.add_argument("--feature-norm", choices=("l2", "none"))
+    t.add_argument("--feature-weighting", choices=("none", "idf"),
+                   help="idf: tf-idf weights learned from the training data")
+    t.add_argument("--lr-schedule", choices=("constant", "plateau", "cosine"))
+    t.add_argument("--early-stopping-patience", type=int,
+                   help="epochs without merged validation improvement (0: off)")
+    t.add_argument("--early-stopping-metric",
+                   choices=("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5"))
+    t.add_argument("--validation-fraction", type=float,
+                   help="share of --train held out when no --valid is given (0: none)")
     t.add_argument("--group-size", type=int, help="repetitions per Keras model per worker")
     t.add_argument("--seed", type=int)
     t.add_argument("--text-features", type=int,
@@ -216,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--text", action="store_true",
                    help="stdin holds raw queries, one per line (a text model's predict_text)")
+
+    u = _sub(sub, "tune", "Search the levers with keras-tuner, objective merged validation "
+                          "P@1; writes the best config for 'mach-tf train --config'.", [common])
+    u.add_argument("--train", required=True, help="training data prefix")
+    u.add_argument("--valid", help="validation data prefix (default: carved from --train)")
+    u.add_argument("--output", required=True,
+                   help="writes OUTPUT/config.json, trials.json, tuner/ and logs/")
+    u.add_argument("--config", help="a config.json to search around (default: the "
+                                    "defaults for the data)")
+    u.add_argument("--tuner", choices=("bayesian", "hyperband", "random"), default="bayesian")
+    u.add_argument("--max-trials", type=int, default=10)
+    u.add_argument("--max-epochs", type=int, help="epoch cap of each trial")
+    u.add_argument("--space", help="JSON {lever: [values]} replacing the default search space")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    u.add_argument("--threads", type=int, help="TensorFlow threads")
 
     d = _sub(sub, "demo", "The whole pipeline end to end on built-in synthetic data.", [common])
     d.add_argument("--workdir", default="demo-output")
@@ -279,7 +312,10 @@ _HPARAMS = {"buckets": "num_buckets", "repetitions": "num_repetitions",
             "hidden": "hidden_units", "epochs": "epochs", "batch_size": "batch_size",
             "learning_rate": "learning_rate", "dropout": "dropout", "loss": "loss",
             "merge": "merge", "feature_norm": "feature_norm", "group_size": "group_size",
-            "seed": "seed"}
+            "seed": "seed", "feature_weighting": "feature_weighting",
+            "lr_schedule": "lr_schedule", "early_stopping_patience": "early_stopping_patience",
+            "early_stopping_metric": "early_stopping_metric",
+            "validation_fraction": "validation_fraction"}
 
 
 def _train_config(a):
@@ -401,6 +437,29 @@ def cmd_predict(a) -> dict:
     return {"queries": n}
 
 
+def cmd_tune(a) -> dict:
+    from mach_tf.config import MachConfig
+    from mach_tf.train import configure_threads
+    from mach_tf.tune import tune
+
+    configure_threads(a.threads)
+    space = None
+    if a.space:
+        try:
+            space = json.loads(a.space)
+        except ValueError as e:
+            raise UsageError(f"mach-tf tune: --space is not JSON: {e}")
+        if not isinstance(space, dict) or not all(
+                isinstance(v, list) and v for v in space.values()):
+            raise UsageError("mach-tf tune: --space must map levers to non-empty lists")
+    base = None
+    if a.config:
+        with open(a.config) as f:
+            base = MachConfig.from_json(f.read())
+    return tune(a.train, a.output, a.valid, base, a.tuner, a.max_trials, a.max_epochs, space,
+                a.seed, a.overwrite, log=_log)
+
+
 def cmd_demo(a) -> dict:
     from mach_tf.demo import run_demo
 
@@ -409,7 +468,7 @@ def cmd_demo(a) -> dict:
 
 COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "synth": cmd_synth, "train": cmd_train,
             "export": cmd_export, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "demo": cmd_demo}
+            "tune": cmd_tune, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

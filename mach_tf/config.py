@@ -20,7 +20,11 @@ FORMAT_VERSION = 1
 LOSSES = ("softmax", "sigmoid")
 MERGES = ("prob", "logprob")
 FEATURE_NORMS = ("none", "l2")
+FEATURE_WEIGHTINGS = ("none", "idf")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+#: Metrics the merged validation computes (cut-offs 1, 3, 5); any can drive early stopping.
+VALIDATION_METRICS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
 
 
 def _next_pow2(x: float) -> int:
@@ -45,6 +49,66 @@ def default_repetitions(num_classes: int) -> int:
     return 16 if num_classes <= 100_000 else 8
 
 
+#: Per-repetition parameters of the sparse input layer (D x first width) the default
+#: network may spend: 2^24 (64 MB in float32) keeps R = 16 repetitions near 1 GB and the
+#: dense Adam update of a group's input kernel affordable on a CPU.
+INPUT_LAYER_BUDGET = 1 << 24
+#: From this many training examples on, the default network gets a second hidden layer
+#: (it helped with 9,690 examples and hurt with 3,660; docs/defaults.md).
+DEEP_MIN_EXAMPLES = 8_000
+
+
+def _prev_pow2(x: float) -> int:
+    return 1 << max(0, math.floor(math.log2(max(1.0, x))))
+
+
+def default_hidden_units(num_features: int, num_examples: int | None) -> list[int]:
+    """The per-repetition network from D and N.
+
+    * First width 512, narrowed for large D so that the input layer stays within
+      :data:`INPUT_LAYER_BUDGET` parameters per repetition (a power of two, at least 64):
+      512 up to D = 32,768, 128 at D = 100,000.
+    * A second hidden layer of 256 from :data:`DEEP_MIN_EXAMPLES` training examples on.
+
+    Measured on dev splits carved from the training files (docs/defaults.md): [512] beat
+    [256] on bibtex and corel5k by about 0.01 P@1/P@3/P@5 and tied on delicious; a second
+    layer added 0.02 P@1 and 0.01 to 0.015 P@3/P@5 on delicious (9,690 dev-training
+    examples) and cost 0.01 P@1 on bibtex (3,660), where it overfits.
+    """
+    width = 512
+    if num_features * width > INPUT_LAYER_BUDGET:
+        width = max(64, _prev_pow2(INPUT_LAYER_BUDGET / num_features))
+    if num_examples and num_examples >= DEEP_MIN_EXAMPLES:
+        return [width, 256]
+    return [width]
+
+
+def default_epochs(num_examples: int | None, batch_size: int) -> int:
+    """The epoch cap from N: enough epochs for about 4,000 optimizer steps, in [10, 60].
+
+    Early stopping on the merged validation metric usually ends training well before the
+    cap; the cap only bounds the cost. Small datasets need many epochs to take enough
+    steps (bibtex: 17 steps per epoch, best after 10 to 25 epochs); large ones reach the
+    same number of steps in a few epochs (docs/defaults.md).
+    """
+    if not num_examples:
+        return 30
+    steps = max(1, math.ceil(num_examples / batch_size))
+    return int(min(60, max(10, math.ceil(4000 / steps))))
+
+
+def default_validation_fraction(num_examples: int | None,
+                                max_examples: int = 5000) -> float:
+    """The share of the training data held out for validation: 10%, at most 5,000 points.
+
+    Enough points to tell epochs apart (the standard error of P@1 on 500 points is about
+    0.02), few enough that small datasets keep 90% of their points for training.
+    """
+    if not num_examples:
+        return 0.1
+    return float(min(0.1, max_examples / num_examples))
+
+
 @dataclasses.dataclass
 class MachConfig:
     """Hyper-parameters and identity of a MACH model.
@@ -59,6 +123,10 @@ class MachConfig:
         dropout: Dropout rate after each hidden layer.
         feature_norm: ``"l2"`` scales each example's feature values to unit L2 norm inside
             the model (so serving applies it too); ``"none"`` feeds them as they are.
+        feature_weighting: ``"idf"`` multiplies each feature's value by its inverse document
+            frequency ``log((1 + N) / (1 + df_j)) + 1``, learned from the training data and
+            stored in the model (so serving applies it too), before ``feature_norm``;
+            ``"none"`` leaves the values as they are.
         loss: ``"softmax"``: cross-entropy against the example's label buckets as a
             distribution (each label carries 1/|y| of the mass); ``"sigmoid"``: binary
             cross-entropy per bucket against the multi-hot bucket set.
@@ -66,8 +134,22 @@ class MachConfig:
             probability (the paper's estimator), ``"logprob"`` its logarithm.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         learning_rate: Peak learning rate.
+        lr_schedule: ``"constant"``; ``"plateau"`` halves the rate when the merged
+            validation metric has not improved for 2 epochs; ``"cosine"`` decays it to 0
+            over ``epochs``.
         batch_size: Examples per training step.
-        epochs: Maximum training epochs per repetition.
+        epochs: Maximum training epochs per repetition (early stopping may end sooner).
+        early_stopping_patience: Stop a group after this many epochs without improvement of
+            the merged validation metric and restore its best epoch's weights; 0 trains
+            all ``epochs`` (the metric is still logged when there is validation data).
+        early_stopping_metric: The merged validation metric early stopping watches (one
+            of ``VALIDATION_METRICS``).
+        validation_fraction: Share of the training data held out (by a keyed hash of
+            each serialized example, so every worker holds out the same points) for the
+            merged validation metric when no separate validation data is given; 0 holds
+            out nothing.
+        validation_max_examples: At most this many validation points are scored after
+            each epoch.
         group_size: Repetitions trained together in one Keras model by a worker (their
             weights stay separate; only the input pipeline and the kernels' launches are
             shared).
@@ -88,14 +170,20 @@ class MachConfig:
     num_repetitions: int
     hidden_units: list[int] = dataclasses.field(default_factory=lambda: [256])
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = 0.5
     feature_norm: str = "l2"
+    feature_weighting: str = "none"
     loss: str = "softmax"
-    merge: str = "prob"
+    merge: str = "logprob"
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
+    lr_schedule: str = "constant"
     batch_size: int = 256
-    epochs: int = 5
+    epochs: int = 30
+    early_stopping_patience: int = 5
+    early_stopping_metric: str = "ndcg@5"
+    validation_fraction: float = 0.1
+    validation_max_examples: int = 5000
     group_size: int = 4
     seed: int = 0
     hashing: dict | None = None
@@ -111,11 +199,23 @@ class MachConfig:
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def from_data(cls, num_classes: int, num_features: int, **overrides: Any) -> "MachConfig":
-        """A config whose B and R follow from K unless given in ``overrides``."""
+    def from_data(cls, num_classes: int, num_features: int, num_examples: int | None = None,
+                  **overrides: Any) -> "MachConfig":
+        """A config sized to the data: K classes, D features, N training examples.
+
+        B and R follow from K, the network from D and N, the epoch cap and the validation
+        share from N (see docs/defaults.md for the measurements behind each default);
+        anything given in ``overrides`` wins.
+        """
         overrides = {k: v for k, v in overrides.items() if v is not None}
         overrides.setdefault("num_buckets", default_buckets(num_classes))
         overrides.setdefault("num_repetitions", default_repetitions(num_classes))
+        overrides.setdefault("hidden_units", default_hidden_units(num_features, num_examples))
+        batch = overrides.get("batch_size", cls.batch_size)
+        overrides.setdefault("epochs", default_epochs(num_examples, batch))
+        overrides.setdefault("validation_fraction", default_validation_fraction(
+            num_examples, overrides.get("validation_max_examples",
+                                        cls.validation_max_examples)))
         return cls(num_classes=int(num_classes), num_features=int(num_features), **overrides)
 
     def validate(self) -> None:
@@ -136,13 +236,22 @@ class MachConfig:
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", f"must be in [0, 1), got {self.dropout}")
         for field, allowed in (("loss", LOSSES), ("merge", MERGES),
-                               ("feature_norm", FEATURE_NORMS), ("optimizer", OPTIMIZERS)):
+                               ("feature_norm", FEATURE_NORMS),
+                               ("feature_weighting", FEATURE_WEIGHTINGS),
+                               ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),
+                               ("early_stopping_metric", VALIDATION_METRICS)):
             if getattr(self, field) not in allowed:
                 bad(field, f"must be one of {allowed}, got {getattr(self, field)!r}")
         if self.learning_rate <= 0:
             bad("learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.batch_size < 1 or self.epochs < 1 or self.group_size < 1:
             bad("batch_size/epochs/group_size", "must be >= 1")
+        if self.early_stopping_patience < 0:
+            bad("early_stopping_patience", f"must be >= 0, got {self.early_stopping_patience}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            bad("validation_fraction", f"must be in [0, 1), got {self.validation_fraction}")
+        if self.validation_max_examples < 1:
+            bad("validation_max_examples", f"must be >= 1, got {self.validation_max_examples}")
         if self.format_version != FORMAT_VERSION:
             bad("format_version", f"this mach-tf reads version {FORMAT_VERSION}, "
                                   f"got {self.format_version}")
@@ -150,6 +259,9 @@ class MachConfig:
             from mach_tf.text_config import TextSettings
 
             self.text = TextSettings.from_dict(self.text).to_dict()  # validates, fills in
+            if self.feature_weighting != "none":
+                bad("feature_weighting", "must be 'none' for text models: the text "
+                                         "featuriser already weights its features by tf-idf")
         family = self.hash_family  # validates the coefficients
         if family.num_repetitions != self.num_repetitions:
             bad("hashing", f"holds {family.num_repetitions} functions for "

@@ -50,24 +50,29 @@ def _inputs(featurizer):
 def training_dataset(data, config: MachConfig, repetitions: Sequence[int], *,
                      shuffle: bool = True, seed: int | None = None,
                      batch_size: int | None = None, repeat: bool = False,
-                     featurizer=None) -> tf.data.Dataset:
+                     featurizer=None, record_filter=None) -> tf.data.Dataset:
     """``(inputs, targets)`` batches for training the given repetitions (text datasets
-    featurised by ``featurizer`` in the pipeline)."""
+    featurised by ``featurizer`` in the pipeline).
+
+    ``record_filter`` keeps only some serialized records (see
+    :func:`tfrecords_tools.dataset.make_dataset`), e.g. the training side of a split.
+    """
     ds = make_dataset(data, batch_size or config.batch_size, shuffle=shuffle,
                       seed=config.seed if seed is None else seed, repeat=repeat,
-                      with_text=featurizer is not None)
+                      with_text=featurizer is not None, record_filter=record_filter)
     reps = list(repetitions)
     inputs = _inputs(featurizer)
     return ds.map(lambda b: (inputs(b), bucket_targets(b["labels"], config, reps)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def evaluation_dataset(data, batch_size: int, featurizer=None,
-                       raw_text: bool = False) -> tf.data.Dataset:
+def evaluation_dataset(data, batch_size: int, featurizer=None, raw_text: bool = False,
+                       record_filter=None) -> tf.data.Dataset:
     """``(inputs, labels)`` batches in file order; labels stay ragged. Text datasets are
-    featurised by ``featurizer``, or with ``raw_text`` give their strings as inputs."""
+    featurised by ``featurizer``, or with ``raw_text`` give their strings as inputs;
+    ``record_filter`` keeps only some serialized records."""
     ds = make_dataset(data, batch_size, shuffle=False,
-                      with_text=featurizer is not None or raw_text)
+                      with_text=featurizer is not None or raw_text, record_filter=record_filter)
     inputs = (lambda b: b["text"]) if raw_text else _inputs(featurizer)
     return ds.map(lambda b: (inputs(b), b["labels"]),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -15,6 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 
+#: Up to this many features the sparse input is scattered into a dense ``[batch, D]`` matrix
+#: and multiplied with one GEMM; above it the kernel rows of the non-zeros are gathered (the
+#: GEMM's cost grows with D, the gather's with the non-zeros). Measured on 2 CPU cores, the
+#: GEMM is faster up to D of about 100x the non-zeros per example (benchmarks/RESULTS.md).
+DENSE_INPUT_MAX_FEATURES = 8192
+
+
 def _block_init(initializer, seeds, block_shape, axis):
     """An initializer that draws each repetition's block with its own seed.
 
@@ -51,9 +58,13 @@ class SparseDense(keras.layers.Layer):
     """Dense layer over a padded sparse input: ``y = act(x W + b)`` with x sparse.
 
     Inputs are ``(feature_ids, feature_values)``, both ``[batch, n]``, ids padded with -1.
-    The product is a gather of the rows of W named by the ids, scaled by the values and
-    summed per example, so its cost follows the non-zeros, not D. With ``normalize="l2"``
-    each example's values are first scaled to unit L2 norm.
+    Up to ``DENSE_INPUT_MAX_FEATURES`` features the input is scattered into a dense
+    ``[batch, D]`` matrix and multiplied with one GEMM; above, the rows of W named by the
+    ids are gathered, scaled by the values and summed per example, so the cost follows the
+    non-zeros, not D. With ``weighting="idf"`` each value is first multiplied by its
+    feature's weight (a non-trainable ``[D]`` variable set from the training data with
+    :meth:`set_feature_weights`, saved with the layer); with ``normalize="l2"`` each
+    example's values are then scaled to unit L2 norm.
 
     Args:
         input_dim: D, the number of features.
@@ -63,16 +74,20 @@ class SparseDense(keras.layers.Layer):
         normalize: ``"l2"`` or ``"none"``.
         seeds: One initialisation seed per repetition.
         kernel_initializer: Initializer of each ``[D, H]`` block.
+        weighting: ``"idf"`` (per-feature weights, all 1 until set) or ``"none"``.
     """
 
     def __init__(self, input_dim, units, groups=1, activation="relu", normalize="l2",
-                 seeds=None, kernel_initializer="glorot_uniform", **kwargs):
+                 seeds=None, kernel_initializer="glorot_uniform", weighting="none", **kwargs):
         super().__init__(**kwargs)
         self.input_dim = int(input_dim)
         self.units = int(units)
         self.groups = int(groups)
         self.activation = keras.activations.get(activation)
         self.normalize = normalize
+        self.weighting = weighting
+        if weighting not in ("none", "idf"):
+            raise ValueError(f"SparseDense: weighting must be 'none' or 'idf', got {weighting!r}")
         self.seeds = [int(s) for s in (seeds if seeds is not None else range(self.groups))]
         self.kernel_initializer = keras.initializers.serialize(
             keras.initializers.get(kernel_initializer))
@@ -86,11 +101,33 @@ class SparseDense(keras.layers.Layer):
                                     (self.input_dim, self.units), axis=1))
         self.bias = self.add_weight(name="bias", shape=(self.groups * self.units,),
                                     initializer="zeros")
+        self.feature_weights = None
+        if self.weighting != "none":
+            self.feature_weights = self.add_weight(
+                name="feature_weights", shape=(self.input_dim,), initializer="ones",
+                trainable=False)
         self.built = True
+
+    def set_feature_weights(self, weights) -> None:
+        """Sets the per-feature weights (``weighting="idf"``), e.g. from
+        :func:`mach_tf.features.idf_weights`.
+
+        Raises:
+            ValueError: for a layer without weighting, or weights of the wrong shape.
+        """
+        if self.feature_weights is None:
+            raise ValueError(f"{self.name}: weighting='none' has no feature weights")
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != (self.input_dim,):
+            raise ValueError(f"{self.name}: feature weights of shape {weights.shape}, "
+                             f"expected ({self.input_dim},)")
+        self.feature_weights.assign(weights)
 
     def call(self, feature_ids, feature_values):
         batch = tf.shape(feature_ids)[0]
         rows, ids, values = sparse_to_flat(feature_ids, feature_values)
+        if self.feature_weights is not None:
+            values = values * tf.gather(tf.convert_to_tensor(self.feature_weights), ids)
         if self.normalize == "l2":
             # Dividing by the row's largest |value| first keeps the sum of squares finite
             # and non-zero for any finite float32 input: plainly squared, 1e20 overflows
@@ -99,20 +136,27 @@ class SparseDense(keras.layers.Layer):
             values = values / tf.gather(tf.where(peak > 0, peak, tf.ones_like(peak)), rows)
             sq = tf.math.unsorted_segment_sum(tf.square(values), rows, batch)
             values = values * tf.gather(tf.math.rsqrt(tf.maximum(sq, 1e-12)), rows)
-        emb = tf.gather(self.kernel, ids) * values[:, None]
-        out = tf.math.unsorted_segment_sum(emb, rows, batch) + self.bias
+        if self.input_dim <= DENSE_INPUT_MAX_FEATURES:
+            # Small D: one dense [batch, D] x [D, G*H] GEMM beats gathering nnz rows of G*H
+            # (5x on bibtex's D=1836); the kernel's Adam update is dense either way.
+            x = tf.scatter_nd(tf.stack([rows, ids], axis=1), values,
+                              tf.stack([tf.cast(batch, tf.int64), self.input_dim]))
+            out = tf.matmul(x, self.kernel) + self.bias
+        else:
+            emb = tf.gather(self.kernel, ids) * values[:, None]
+            out = tf.math.unsorted_segment_sum(emb, rows, batch) + self.bias
         out = tf.reshape(self.activation(out), [batch, self.groups, self.units])
         return out
 
-    def compute_output_shape(self, ids_shape, values_shape=None):
-        return (ids_shape[0], self.groups, self.units)
+    def compute_output_shape(self, feature_ids_shape, feature_values_shape=None):
+        return (feature_ids_shape[0], self.groups, self.units)
 
     def get_config(self):
         config = super().get_config()
         config.update(input_dim=self.input_dim, units=self.units, groups=self.groups,
                       activation=keras.activations.serialize(self.activation),
                       normalize=self.normalize, seeds=self.seeds,
-                      kernel_initializer=self.kernel_initializer)
+                      kernel_initializer=self.kernel_initializer, weighting=self.weighting)
         return config
 
     def block(self, g):

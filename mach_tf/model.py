@@ -40,13 +40,15 @@ class MachModel(keras.Model):
         activation: Hidden activation.
         dropout: Dropout after each hidden layer.
         feature_norm: ``"l2"`` or ``"none"``.
+        feature_weighting: ``"idf"`` or ``"none"`` (see :class:`SparseDense`).
 
     Call with a dict of ``feature_ids`` (int, ``[batch, n]``, -1 padded) and
     ``feature_values`` (float32, ``[batch, n]``); returns logits ``[batch, G, B]``.
     """
 
     def __init__(self, num_features, num_buckets, hidden_units, repetitions=(0,), seeds=None,
-                 activation="relu", dropout=0.0, feature_norm="l2", **kwargs):
+                 activation="relu", dropout=0.0, feature_norm="l2", feature_weighting="none",
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_features = int(num_features)
         self.num_buckets = int(num_buckets)
@@ -57,10 +59,12 @@ class MachModel(keras.Model):
         self.activation = activation
         self.dropout = float(dropout)
         self.feature_norm = feature_norm
+        self.feature_weighting = feature_weighting
         g = self.groups
         self.sparse_input = SparseDense(self.num_features, self.hidden_units[0], groups=g,
                                         activation=activation, normalize=feature_norm,
-                                        seeds=self.seeds, name="sparse_input")
+                                        seeds=self.seeds, weighting=feature_weighting,
+                                        name="sparse_input")
         self.hidden = [GroupedDense(h, groups=g, activation=activation,
                                     seeds=[s + 101 * (i + 1) for s in self.seeds],
                                     name=f"hidden_{i + 1}")
@@ -93,7 +97,7 @@ class MachModel(keras.Model):
                 "num_features": self.num_features, "num_buckets": self.num_buckets,
                 "hidden_units": self.hidden_units, "repetitions": self.repetitions,
                 "seeds": self.seeds, "activation": self.activation, "dropout": self.dropout,
-                "feature_norm": self.feature_norm}
+                "feature_norm": self.feature_norm, "feature_weighting": self.feature_weighting}
 
     def build_from_config(self, config):
         self.build(None)
@@ -133,7 +137,7 @@ def build_model(config: MachConfig, repetitions: Sequence[int]) -> MachModel:
         repetitions=list(repetitions),
         seeds=[repetition_seed(config, r) for r in repetitions],
         activation=config.activation, dropout=config.dropout,
-        feature_norm=config.feature_norm,
+        feature_norm=config.feature_norm, feature_weighting=config.feature_weighting,
         name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
     model.build(None)
     return model
@@ -143,8 +147,11 @@ def _like(model: MachModel, repetitions, seeds) -> MachModel:
     m = MachModel(model.num_features, model.num_buckets, model.hidden_units,
                   repetitions=repetitions, seeds=seeds, activation=model.activation,
                   dropout=model.dropout, feature_norm=model.feature_norm,
+                  feature_weighting=model.feature_weighting,
                   name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
     m.build(None)
+    if model.sparse_input.feature_weights is not None:
+        m.sparse_input.set_feature_weights(np.asarray(model.sparse_input.feature_weights))
     return m
 
 
@@ -161,14 +168,23 @@ def split(model: MachModel) -> list[MachModel]:
 def stack(models: Sequence[MachModel]) -> MachModel:
     """One group model holding every repetition of ``models`` (weights copied).
 
-    All models must share D, B, the hidden widths, activation and feature normalisation.
+    All models must share D, B, the hidden widths, activation, feature normalisation and
+    feature weights.
     """
     first = models[0]
+
+    def shape(m):
+        return (m.num_features, m.num_buckets, m.hidden_units, m.activation, m.feature_norm,
+                m.feature_weighting)
+
     for m in models[1:]:
-        if (m.num_features, m.num_buckets, m.hidden_units, m.activation, m.feature_norm) != \
-                (first.num_features, first.num_buckets, first.hidden_units, first.activation,
-                 first.feature_norm):
+        if shape(m) != shape(first):
             raise ValueError(f"cannot stack {m.name} with {first.name}: different shapes")
+        if first.sparse_input.feature_weights is not None and not np.array_equal(
+                np.asarray(m.sparse_input.feature_weights),
+                np.asarray(first.sparse_input.feature_weights)):
+            raise ValueError(f"cannot stack {m.name} with {first.name}: different feature "
+                             f"weights (trained on different data?)")
     reps = [r for m in models for r in m.repetitions]
     seeds = [s for m in models for s in m.seeds]
     out = _like(first, reps, seeds)
@@ -290,8 +306,18 @@ def bucket_scores(logits, loss: str = "softmax", merge: str = "prob"):
 
 
 def make_optimizer(config: MachConfig, steps_per_epoch: int | None = None):
-    """The optimizer named by the config."""
+    """The optimizer named by the config, with its learning-rate schedule.
+
+    ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps
+    (it needs ``steps_per_epoch``); ``"plateau"`` keeps a plain rate that
+    :func:`mach_tf.callbacks.training_callbacks` lowers when the merged validation stalls.
+    """
     lr = config.learning_rate
+    if config.lr_schedule == "cosine":
+        if not steps_per_epoch:
+            raise ValueError("lr_schedule='cosine' needs steps_per_epoch")
+        lr = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=int(steps_per_epoch * config.epochs))
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     if config.optimizer == "adamw":

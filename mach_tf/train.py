@@ -158,14 +158,14 @@ def count_labels(data, num_classes: int, num_features: int | None = None
 
 
 def config_for_data(train: str, **overrides) -> MachConfig:
-    """A config sized to the training data's manifest (K, D), with ``overrides``."""
+    """A config sized to the training data's manifest (K, D, N), with ``overrides``."""
     from tfrecords_tools.manifest import Manifest
 
     from mach_tf.text_config import data_config_overrides
 
     m = Manifest.load(train)
     num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
-    return MachConfig.from_data(m.num_labels, num_features, **overrides)
+    return MachConfig.from_data(m.num_labels, num_features, m.num_examples, **overrides)
 
 
 def check_data(config: MachConfig, data: str, role: str) -> None:
@@ -299,6 +299,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     import tensorflow as tf
 
     from mach_tf.checkpoint import GroupCheckpoint, UnreadableCheckpointError, fit_resumable
+    from mach_tf.group_training import best_epoch_summary, setup_group
     from mach_tf.model import build_model, compile_model, split
 
     group = list(group)
@@ -308,28 +309,25 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     ckpt_dir = os.path.join(work, "checkpoint")
     keras.utils.set_random_seed(config.seed + 1000 * group[0])
     model = build_model(config, group)
-    compile_model(model, config)
-    from tfrecords_tools.manifest import Manifest
-
-    steps = max(1, math.ceil(Manifest.load(train).num_examples / config.batch_size))
     featurizer = None
     if config.text is not None:  # text runs featurise in the tf.data pipeline
         from mach_tf.text import load_featurizer
 
         featurizer = load_featurizer(run, config)
-    val = None
-    if valid:
-        from mach_tf.data import training_dataset
+    # Data split, feature weights, merged validation and early stopping: group_training.
+    from tfrecords_tools.verification import located_read_errors
 
-        val = training_dataset(valid, config, group, shuffle=False, featurizer=featurizer)
+    with located_read_errors(train, valid):  # reads the validation sample (and idf)
+        setup = setup_group(model, config, group, train, valid, run=run,
+                            featurizer=featurizer)
+    steps = setup.steps
+    compile_model(model, config, steps)
     emit = events or (lambda e: None)
-    callbacks = [
-        _nan_guard(config.learning_rate),
-        keras.callbacks.TensorBoard(os.path.join(run, "logs", name), write_graph=False,
-                                    profile_batch=0),
-    ]
+    callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
+    reporting = [keras.callbacks.TensorBoard(os.path.join(run, "logs", name),
+                                             write_graph=False, profile_batch=0)]
     if events is not None:
-        callbacks.append(_progress_callback(emit, worker, group, config.epochs))
+        reporting.append(_progress_callback(emit, worker, group, config.epochs))
     state = GroupCheckpoint(ckpt_dir).state()
     if state is not None:
         emit({"event": "resume", "worker": worker, "reps": group, "epoch": state["epoch"],
@@ -338,16 +336,14 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
             f"step {state['step']} of {steps} (global step {state['global_step']})")
     check = claims.check if claims is not None else None
     t0 = time.time()
-    from tfrecords_tools.verification import located_read_errors
-
     try:
         with located_read_errors(train, valid):
             hist, info = fit_resumable(
                 model,
                 lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
-                                                   featurizer),
+                                                   featurizer, setup.split.train_filter()),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
-                callbacks=callbacks, validation_data=val, verbose=verbose,
+                callbacks=callbacks, after_checkpoint=reporting, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)
     except UnreadableCheckpointError as e:
         # A torn checkpoint must not fail every rerun: report it and start the group over.
@@ -368,6 +364,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
             "final_loss": hist.get("loss", [None])[-1],
             "bucket_acc": hist.get(f"rep_{r:03d}_acc", hist.get("bucket_acc", [None]))[-1],
             "hashing": config.hash_family.subset([r]).to_dict(),
+            **best_epoch_summary(setup, config),
             "steps_per_epoch": steps, "resumed_from": info["resumed_from"],
             "steps_run": info["steps_run"],
             "optimizer_iterations": info["optimizer_iterations"],
@@ -380,16 +377,20 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
 
 
 def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
-                   skip: int, steps: int, featurizer=None):
+                   skip: int, steps: int, featurizer=None, record_filter=None):
     """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
     first left out. Epoch ``e`` is shuffled with seed ``config.seed + e`` alone, so a
-    resumed group sees exactly the batches an uninterrupted one would."""
+    resumed group sees exactly the batches an uninterrupted one would.
+
+    Each epoch is exactly ``steps`` batches of its own repeated stream: with a carved
+    validation split (``record_filter``) the number of training records is only
+    estimated, and an epoch must never run out of data."""
     from mach_tf.data import training_dataset
 
     out = None
     for e in range(first, config.epochs):
         ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e,
-                              featurizer=featurizer)
+                              repeat=True, featurizer=featurizer, record_filter=record_filter)
         ds = ds.take(steps)
         if e == first and skip:
             ds = ds.skip(skip)  # reads, but does not train on, the batches already done

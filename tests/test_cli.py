@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_cli
 
-SUBCOMMANDS = ["convert", "synth", "train", "export", "evaluate", "predict", "demo"]
+SUBCOMMANDS = ["convert", "synth", "train", "export", "evaluate", "predict", "tune", "demo"]
 
 
 def last_json(stdout):

@@ -1,6 +1,7 @@
 """MachConfig: JSON round trip, defaults from K, validation."""
 
 import json
+import math
 
 import pytest
 
@@ -56,3 +57,42 @@ def test_unknown_fields_are_refused():
     d["colour"] = "blue"
     with pytest.raises(ValueError, match="unknown field"):
         MachConfig.from_dict(d)
+
+
+def test_defaults_follow_n():
+    from mach_tf.config import default_epochs, default_validation_fraction
+
+    # Small data: many epochs (steps per epoch are few), 10% held out.
+    assert default_epochs(4880, 256) == 60 and default_validation_fraction(4880) == 0.1
+    # Large data: ~4,000 steps reached in few epochs; at most 5,000 points held out.
+    assert default_epochs(1_000_000, 256) == 10
+    assert default_validation_fraction(1_000_000) == pytest.approx(0.005)
+    assert default_epochs(100_000, 256) == math.ceil(4000 / 391)
+    c = MachConfig.from_data(159, 1836, 4880)
+    assert c.epochs == 60 and c.validation_fraction == 0.1
+    c = MachConfig.from_data(159, 1836, 4880, epochs=7, validation_fraction=0.0)
+    assert c.epochs == 7 and c.validation_fraction == 0.0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("feature_weighting", "bm25"), ("lr_schedule", "step"), ("early_stopping_metric", "p@7"),
+    ("validation_fraction", 1.0), ("early_stopping_patience", -1),
+    ("validation_max_examples", 0)])
+def test_new_levers_are_validated(field, value):
+    d = MachConfig.from_data(100, 50).to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=f"MachConfig.{field}"):
+        MachConfig.from_dict(d)
+
+
+def test_network_follows_d_and_n():
+    from mach_tf.config import INPUT_LAYER_BUDGET, default_hidden_units
+
+    assert default_hidden_units(1836, 4880) == [512]          # bibtex: one layer
+    assert default_hidden_units(1836, 7999) == [512]
+    assert default_hidden_units(500, 12920) == [512, 256]     # delicious: deeper
+    wide_d = default_hidden_units(101938, 14146)
+    assert wide_d == [128, 256] and 101938 * wide_d[0] <= INPUT_LAYER_BUDGET
+    assert default_hidden_units(10**8, 10**6)[0] == 64        # never below 64
+    assert MachConfig.from_data(983, 500, 12920).hidden_units == [512, 256]
+    assert MachConfig.from_data(983, 500, 12920, hidden_units=[64]).hidden_units == [64]

@@ -25,8 +25,11 @@ def quiet(msg):
 
 @pytest.fixture(scope="module")
 def long_config(tiny_config):
-    # 2 repetitions in one group, 12 epochs of 13 steps: long enough to be killed midway.
-    return tiny_config.replace(num_repetitions=2, group_size=2, epochs=12)
+    # 2 repetitions in one group, 12 epochs of 12 steps (10% of the points held out for the
+    # merged validation): long enough to be killed midway. No early stopping, so both runs
+    # train every epoch.
+    return tiny_config.replace(num_repetitions=2, group_size=2, epochs=12,
+                               early_stopping_patience=0)
 
 
 def _checkpoint_state(run, group):
@@ -72,10 +75,10 @@ def test_sigkilled_worker_resumes_from_its_checkpoint(tmp_path, tiny_data, long_
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming at epoch" in done.stderr
-    steps = 13
-    total = long_config.epochs * steps
     for r in range(2):
         marker = rundir.completion(run, r)
+        steps = marker["steps_per_epoch"]
+        total = long_config.epochs * steps
         resumed = marker["resumed_from"]
         assert resumed is not None and resumed["global_step"] >= killed_at
         assert resumed["global_step"] == resumed["epoch"] * steps + resumed["step"]
@@ -219,8 +222,9 @@ def test_run_directory_on_a_gfile_filesystem_trains_resumes_and_loads(tiny_data,
                           checkpoint_every=3)
     assert report.trained == [0, 1]
     marker = rundir.completion(run, 0)
-    assert marker["resumed_from"] == {"epoch": 2, "step": 0, "global_step": 26}
-    assert marker["steps_run"] == 26 and marker["optimizer_iterations"] == 52
+    spe = marker["steps_per_epoch"]  # 12: 10% of the points are held out for validation
+    assert marker["resumed_from"] == {"epoch": 2, "step": 0, "global_step": 2 * spe}
+    assert marker["steps_run"] == 2 * spe and marker["optimizer_iterations"] == 4 * spe
     assert rundir.load_all(run)[1].repetitions == [0, 1]
     assert not tf.io.gfile.exists(os.path.join(run, "work", group_name([0, 1])))
 
@@ -248,7 +252,7 @@ def test_worker_dying_between_writes_trains_nothing_again(tmp_path, tiny_data, t
     assert report.skipped == [0] and report.trained == [1]
     marker = rundir.completion(run, 1)
     assert marker["steps_run"] == 0 and marker["resumed_from"]["epoch"] == 2
-    assert marker["optimizer_iterations"] == 2 * 13
+    assert marker["optimizer_iterations"] == 2 * marker["steps_per_epoch"]
     assert rundir.completion(run, 0) == first
 
 

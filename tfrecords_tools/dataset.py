@@ -33,7 +33,8 @@ def parse_batch(serialized: tf.Tensor, with_text: bool = False) -> dict:
 def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | None = None,
                  repeat: bool = False, drop_remainder: bool = False,
                  shuffle_buffer: int = 16384, with_text: bool = False,
-                 num_parallel_reads: int | None = None) -> tf.data.Dataset:
+                 num_parallel_reads: int | None = None,
+                 record_filter=None) -> tf.data.Dataset:
     """Batches of parsed examples from a converted dataset.
 
     Args:
@@ -47,6 +48,9 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
         shuffle_buffer: Records held by the record-level shuffle.
         with_text: Also parse the ``text`` feature.
         num_parallel_reads: Shards read concurrently (default: all, up to 8).
+        record_filter: Optional function of one serialized record (a scalar string tensor)
+            returning a boolean tensor: only records for which it is true are kept (e.g. a
+            train/validation split by a hash of the record).
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ragged ``feature_ids`` (int64),
@@ -68,6 +72,8 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
         cycle_length=cycle, block_length=16,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=seed is not None or not shuffle)
+    if record_filter is not None:
+        ds = ds.filter(record_filter)
     if shuffle:
         ds = ds.shuffle(min(shuffle_buffer, max(manifest.num_examples, 1)), seed=seed,
                         reshuffle_each_iteration=True)

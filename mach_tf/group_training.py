@@ -1,0 +1,104 @@
+"""Everything a group of repetitions is trained with, besides the model itself.
+
+Shared by the workers (:func:`mach_tf.train.train_group`) and the tuner
+(:mod:`mach_tf.tune`), so that a tuned config trained by ``mach-tf train`` sees the same
+data split, feature weights, validation sample and callbacks as its trial did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from mach_tf.config import MachConfig
+from mach_tf.validation import (DataSplit, ValidationSample, data_split, load_sample,
+                                record_split, sample_budget, steps_per_epoch)
+
+
+@dataclasses.dataclass
+class GroupSetup:
+    """What :func:`setup_group` prepared.
+
+    Attributes:
+        split: Where training and validation points come from.
+        sample: The validation points the merged metric scores (``None``: no validation).
+        steps: Optimizer steps per epoch.
+        dataset: The repeated, shuffled ``(inputs, targets)`` training batches.
+        callbacks: Merged validation, then early stopping and the plateau schedule (put
+            them before any callback that reads their logs, e.g. TensorBoard).
+        done_repetitions: Complete repetitions of the run merged into the validation.
+    """
+
+    split: DataSplit
+    sample: ValidationSample | None
+    steps: int
+    dataset: object
+    callbacks: list
+    done_repetitions: list
+
+
+def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: str,
+                valid: str | None = None, run: str | None = None,
+                cache_dir: str | None = None, featurizer=None) -> GroupSetup:
+    """Prepares the training of ``model`` (holding ``repetitions``) and sets its feature
+    weights.
+
+    Args:
+        model: The group's built :class:`~mach_tf.model.MachModel`.
+        config: The run's config.
+        repetitions: The group's repetitions, in model order.
+        train: Training data prefix.
+        valid: Separate validation data (else ``config.validation_fraction`` of ``train``).
+        run: The run directory: its complete repetitions join the merged validation, and
+            the split is recorded there. ``None`` for a model trained alone (the tuner).
+        cache_dir: Where the feature weights are kept (default ``run``).
+        featurizer: The run's :class:`mach_tf.text.TextFeaturizer` for text data.
+
+    Returns:
+        A :class:`GroupSetup`.
+    """
+    from mach_tf.callbacks import completed_scores, training_callbacks
+    from mach_tf.data import training_dataset
+    from mach_tf.features import run_feature_weights
+
+    repetitions = list(repetitions)
+    split = data_split(config, train, valid)
+    weights_dir = cache_dir or run
+    if config.feature_weighting != "none":
+        if weights_dir is None:
+            raise ValueError("feature weighting needs a run or cache directory")
+        model.sparse_input.set_feature_weights(
+            run_feature_weights(weights_dir, config, train, split.train_filter()))
+    sample = load_sample(split, sample_budget(config), featurizer=featurizer)
+    done, done_scores = [], None
+    if run is not None:
+        record_split(run, split, sample)
+        if sample is not None:
+            done, done_scores = completed_scores(run, config, sample, exclude=repetitions)
+    steps = steps_per_epoch(split, config.batch_size)
+    dataset = training_dataset(train, config, repetitions, shuffle=True, repeat=True,
+                               record_filter=split.train_filter(), featurizer=featurizer)
+    callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
+    return GroupSetup(split, sample, steps, dataset, callbacks, done)
+
+
+def best_epoch_summary(setup: GroupSetup, config: MachConfig) -> dict:
+    """The merged validation of the epoch whose weights the group keeps (for the
+    repetition's completion marker); ``{}`` without validation.
+
+    ``merged_validation`` holds the run-level merge (the group with the repetitions
+    complete when it started), ``group_validation`` the group's repetitions alone (what
+    early stopping watched).
+    """
+    from mach_tf.callbacks import MergedValidation, monitor_name
+
+    hist = next((c.history for c in setup.callbacks if isinstance(c, MergedValidation)), [])
+    if not hist:
+        return {}
+    key = config.early_stopping_metric
+    # EarlyStopping keeps the first best epoch; max() returns the first maximum too.
+    best = max(hist, key=lambda h: h["group"][key]) if config.early_stopping_patience > 0 \
+        else hist[-1]
+    return {"best_epoch": int(best["epoch"]) + 1, "monitor": monitor_name(config),
+            "merged_validation": dict(best["run"], repetitions=best["repetitions"]),
+            "group_validation": dict(best["group"])}

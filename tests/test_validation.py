@@ -1,0 +1,185 @@
+"""The validation split, the merged validation metric and early stopping on it."""
+
+import keras
+import numpy as np
+import pytest
+
+from mach_tf import rundir
+from mach_tf.callbacks import (MergedValidation, completed_scores, monitor_name,
+                               training_callbacks)
+from mach_tf.group_training import setup_group
+from mach_tf.inference import merged_topk_numpy
+from mach_tf.metrics import RankingMetrics
+from mach_tf.model import bucket_scores, build_model, compile_model
+from mach_tf.validation import DataSplit, data_split, load_sample, sample_budget
+from tfrecords_tools.dataset import make_dataset
+
+
+def _records(prefix, record_filter=None):
+    """The (feature_ids, labels) of every record, as hashable tuples."""
+    out = []
+    for b in make_dataset(prefix, 128, record_filter=record_filter):
+        for ids, labels in zip(b["feature_ids"].to_list(), b["labels"].to_list()):
+            out.append((tuple(ids), tuple(labels)))
+    return out
+
+
+def test_carved_split_is_disjoint_complete_and_seeded(tiny_data, tiny_config):
+    split = data_split(tiny_config.replace(validation_fraction=0.25), tiny_data["train"])
+    assert split.carved and split.valid == tiny_data["train"]
+    train = _records(split.train, split.train_filter())
+    valid = _records(split.valid, split.valid_filter())
+    everything = _records(tiny_data["train"])
+    assert sorted(train + valid) == sorted(everything)
+    assert not set(train) & set(valid)
+    assert 0.18 < len(valid) / len(everything) < 0.32
+    # The same held-out points in any read order (shuffled, other batch size) ...
+    shuffled = []
+    for b in make_dataset(split.valid, 7, shuffle=True, seed=5,
+                          record_filter=split.valid_filter()):
+        shuffled += [(tuple(i), tuple(y)) for i, y in zip(b["feature_ids"].to_list(),
+                                                          b["labels"].to_list())]
+    assert sorted(shuffled) == sorted(valid)
+    # ... and other points under another seed.
+    other = DataSplit(split.train, split.valid, split.fraction, seed=split.seed + 1)
+    assert sorted(_records(other.valid, other.valid_filter())) != sorted(valid)
+
+
+def test_separate_or_no_validation(tiny_data, tiny_config):
+    split = data_split(tiny_config, tiny_data["train"], tiny_data["test"])
+    assert not split.carved and split.train_filter() is None and split.valid_filter() is None
+    sample = load_sample(split, 50)
+    assert sample.num_examples == 50
+    assert data_split(tiny_config.replace(validation_fraction=0.0), tiny_data["train"]).valid \
+        is None
+    assert load_sample(data_split(tiny_config.replace(validation_fraction=0.0),
+                                  tiny_data["train"]), 50) is None
+
+
+def test_sample_budget_bounds_cached_scores(tiny_config):
+    big = tiny_config.replace(num_repetitions=16, num_buckets=4096,
+                              validation_max_examples=100_000)
+    n = sample_budget(big, bytes_budget=64 << 20)
+    assert n * 16 * 4096 * 4 <= 64 << 20 and n >= 256
+    assert sample_budget(tiny_config) == tiny_config.validation_max_examples
+
+
+def _reference_metrics(config, models_by_rep, sample):
+    """Merged P@k computed independently: numpy merge of every repetition's scores."""
+    reps = sorted(models_by_rep)
+    scores = []
+    for inputs, _ in sample.batches:
+        per = [bucket_scores(models_by_rep[r](inputs), config.loss, config.merge).numpy()
+               for r in reps]
+        scores.append(np.concatenate(per, axis=1))
+    scores = np.concatenate(scores)
+    table = config.hash_family.subset(reps).table(config.num_classes)
+    _, ids = merged_topk_numpy(scores, table, 5)
+    m = RankingMetrics([1, 3, 5])
+    m.update(ids, sample.labels)
+    return m.result()
+
+
+def test_merged_metric_merges_group_with_completed_repetitions(tiny_run, tiny_data,
+                                                               tiny_config):
+    config = tiny_config
+    split = data_split(config, tiny_data["train"])
+    sample = load_sample(split, 120)
+    # Repetitions 0 and 1 of the finished run act as "already complete"; a fresh group
+    # model holds repetitions 2 and 3.
+    done, done_scores = completed_scores(tiny_run, config, sample, exclude=[2, 3])
+    assert done == [0, 1] and done_scores.shape == (sample.num_examples, 2,
+                                                     config.num_buckets)
+    group = build_model(config, [2, 3])
+    cb = MergedValidation(config, sample, [2, 3], done, done_scores)
+    cb.set_model(group)
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    singles = {r: rundir.load_repetition(tiny_run, r) for r in done}
+    from mach_tf.model import split as split_group
+
+    singles.update({r: m for r, m in zip([2, 3], split_group(group))})
+    ref = _reference_metrics(config, singles, sample)
+    ref_group = _reference_metrics(config, {r: singles[r] for r in (2, 3)}, sample)
+    for k in ("p@1", "p@3", "p@5", "ndcg@5"):
+        assert logs["merged_" + k] == pytest.approx(ref[k], abs=1e-9)
+        assert logs["group_merged_" + k] == pytest.approx(ref_group[k], abs=1e-9)
+    assert logs["merged_repetitions"] == 4
+    assert monitor_name(config) == "group_merged_" + config.early_stopping_metric
+
+
+def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_config):
+    # A large learning rate and no dropout overfit the tiny data within a few epochs.
+    config = tiny_config.replace(epochs=12, early_stopping_patience=2, learning_rate=0.05,
+                                 dropout=0.0, validation_fraction=0.3, num_repetitions=2,
+                                 hidden_units=[64])
+    reps = [0, 1]
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, reps)
+    setup = setup_group(model, config, reps, tiny_data["train"], run=str(tmp_path / "run"))
+    compile_model(model, config, setup.steps)
+    monitor = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
+    hist = model.fit(setup.dataset, epochs=config.epochs, steps_per_epoch=setup.steps,
+                     callbacks=setup.callbacks, verbose=0, shuffle=False)
+    metric = config.early_stopping_metric
+    seen = [h["group"][metric] for h in monitor.history]
+    assert hist.history[monitor_name(config)] == pytest.approx(seen)
+    best = int(np.argmax(seen))
+    # It stopped early, exactly `patience` epochs after the best one.
+    assert len(seen) < config.epochs
+    assert len(seen) - 1 - best == config.early_stopping_patience
+    # The weights kept are the best epoch's: scoring them again gives the best value.
+    assert monitor.compute()["group"][metric] == pytest.approx(seen[best], abs=1e-9)
+
+
+def test_no_validation_means_no_callbacks(tiny_config):
+    assert training_callbacks(tiny_config, None, [0]) == []
+
+
+def test_plateau_schedule_lowers_the_rate(tiny_config, tiny_data):
+    config = tiny_config.replace(lr_schedule="plateau", early_stopping_patience=0)
+    sample = load_sample(data_split(config, tiny_data["train"]), 40)
+    names = [type(c).__name__ for c in training_callbacks(config, sample, [0])]
+    assert names == ["MergedValidation", "ReduceLROnPlateau"]
+    names = [type(c).__name__ for c in training_callbacks(
+        config.replace(lr_schedule="constant", early_stopping_patience=3), sample, [0])]
+    assert names == ["MergedValidation", "EarlyStopping"]
+
+
+def test_run_records_split_and_best_epoch(tiny_run):
+    info = rundir.read_json(f"{tiny_run}/validation.json")
+    assert info["carved"] and info["num_scored"] > 0
+    marker = rundir.completion(tiny_run, 0)
+    assert 1 <= marker["best_epoch"] <= marker["epochs"]
+    assert marker["monitor"] == "group_merged_ndcg@5"
+    assert 0.0 <= marker["merged_validation"]["p@1"] <= 1.0
+    assert 0.0 <= marker["group_validation"]["ndcg@5"] <= 1.0
+
+
+def test_cosine_schedule_decays_to_zero(tiny_config):
+    from mach_tf.model import make_optimizer
+
+    opt = make_optimizer(tiny_config.replace(lr_schedule="cosine", epochs=4), 10)
+    opt.build([keras.Variable(np.zeros(2, np.float32))])
+    assert float(opt.learning_rate) == pytest.approx(tiny_config.learning_rate)
+    opt.iterations.assign(40)  # 4 epochs of 10 steps
+    assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make_optimizer(tiny_config.replace(lr_schedule="cosine"))
+
+
+def test_full_merge_equals_the_evaluation_scorer(tiny_run, tiny_data, tiny_config):
+    """With every repetition, the merged metric is what evaluation computes."""
+    from mach_tf.inference import MergedScorer
+
+    sample = load_sample(data_split(tiny_config, tiny_data["train"]), 80, batch_size=16)
+    config, stacked = rundir.load_all(tiny_run)
+    cb = MergedValidation(config, sample, list(range(config.num_repetitions)))
+    cb.set_model(stacked)
+    got = cb.compute()["run"]
+    scorer = MergedScorer(config, stacked, "exact")
+    ref = RankingMetrics([1, 3, 5])
+    for inputs, labels in sample.batches:
+        ref.update(scorer.topk(inputs, 5)[1].numpy(), labels)
+    for k in ("p@1", "p@3", "p@5", "ndcg@5"):
+        assert got[k] == pytest.approx(ref.result()[k], abs=1e-9)

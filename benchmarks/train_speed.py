@@ -12,13 +12,18 @@ H, the same ``SparseDense`` input layer, optimizer, batch size and number of epo
 * **mach**: ``mach-tf train``'s defaults for B and R (``MachConfig.from_data``), all R
   repetitions, grouped per worker as by default.
 
+Both train exactly ``--epochs`` epochs on all training points: no validation carve-out and
+no early stopping (``validation_fraction=0``, ``early_stopping_patience=0``, stated in the
+output), with the same optimizer, learning rate and dropout.
+
 Each model is trained in its own child process, so its peak RSS (``ru_maxrss``) is its own.
 Reported: per-step time (median over the steps after the first epoch's warm-up; for MACH
 the time of one batch through *all* R repetitions), trainable parameters, P@1 on held-out
-points (MACH by its merged decoder), peak RSS, and the ratios. ``dense_flop_efficiency`` is
+points (MACH by its merged decoder), peak RSS, and the ratios. ``flop_efficiency`` is
 the dense layers' achieved FLOP/s during MACH training (``6 * batch * sum(in * out)`` per
 repetition per step: forward plus the two backward matmuls) over this machine's matmul peak
-measured by TensorFlow in the same run.
+measured by TensorFlow in the same run (the better of two measurements, before and after
+training). Steps are timed by a Keras callback given to ``mach_tf.train.train``.
 
 Parameters: ``full = D*H + H + H*K + K`` and ``mach = R * (D*H + H + H*B + B)``. Every
 repetition carries its own input layer, so ``param_ratio`` is bounded by
@@ -42,6 +47,9 @@ import time
 
 import numpy as np
 
+from benchmarks.step_timing import (StepTimer, dense_flops_per_step, matmul_peak_gflops,
+                                    steady_seconds)
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__,
@@ -55,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=None,
                    help="both models (default: the MACH config's)")
+    p.add_argument("--optimizer", default=None,
+                   help="both models (default: the MACH config's, 'adam')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="full,mach", help="which to train (full,mach)")
     p.add_argument("--workdir", help="keep data and runs here (default: a temp dir)")
@@ -65,22 +75,6 @@ def parse_args(argv=None):
 
 def _say(args, msg):
     print(f"[train_speed] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """This machine's float32 matmul throughput measured by TensorFlow (best of repeats)."""
-    import tensorflow as tf
-
-    a = tf.random.stateless_normal([n, n], [1, 2])
-    b = tf.random.stateless_normal([n, n], [3, 4])
-    f = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    f().numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f().numpy()
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e9
 
 
 def make_data(args, workdir):
@@ -97,57 +91,19 @@ def make_data(args, workdir):
     return out
 
 
-class StepTimer:
-    """Keras callback recording every training step's wall time."""
-
-    def __new__(cls):
-        import keras
-
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times: list[float] = []
-                self.epoch_of: list[int] = []
-                self._epoch = 0
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._epoch = epoch
-
-            def on_train_batch_begin(self, batch, logs=None):
-                self._t = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.times.append(time.perf_counter() - self._t)
-                self.epoch_of.append(self._epoch)
-
-        return _Timer()
-
-
-def steady_step_seconds(timer) -> float:
-    """Median step time after warm-up (the first epoch's first 5 steps are tracing)."""
-    t = np.asarray(timer.times)
-    return float(np.median(t[5:] if t.size > 10 else t))
-
-
 def _mach_config(args):
     from mach_tf.config import MachConfig
 
     over = {"hidden_units": [args.hidden], "batch_size": args.batch_size,
-            "epochs": args.epochs, "seed": args.seed}
+            "epochs": args.epochs, "seed": args.seed,
+            # No validation carve-out and no early stopping: both models see the same
+            # training points for exactly --epochs epochs.
+            "validation_fraction": 0.0, "early_stopping_patience": 0}
     if args.learning_rate:
         over["learning_rate"] = args.learning_rate
-    # No validation carve-out or early stopping: both models train the same epochs.
-    return MachConfig.from_data(args.classes, args.features, **_known(over))
-
-
-def _known(over):
-    import dataclasses
-
-    from mach_tf.config import MachConfig
-
-    fields = {f.name for f in dataclasses.fields(MachConfig)}
-    extra = {"validation_fraction": 0.0, "early_stopping_patience": 0}
-    return {**over, **{k: v for k, v in extra.items() if k in fields}}
+    if args.optimizer:
+        over["optimizer"] = args.optimizer
+    return MachConfig.from_data(args.classes, args.features, **over)
 
 
 def child_full(args, data) -> dict:
@@ -162,7 +118,9 @@ def child_full(args, data) -> dict:
 
     config = _mach_config(args)
     model = MachModel(args.features, args.classes, [args.hidden], repetitions=[0],
-                      seeds=[config.seed], feature_norm=config.feature_norm, name="full")
+                      seeds=[config.seed], activation=config.activation,
+                      dropout=config.dropout, feature_norm=config.feature_norm,
+                      feature_weighting=config.feature_weighting, name="full")
     model.build(None)
     compile_model(model, config)
 
@@ -178,15 +136,16 @@ def child_full(args, data) -> dict:
     t0 = time.time()
     model.fit(ds, epochs=args.epochs, steps_per_epoch=steps, verbose=0, callbacks=[timer],
               shuffle=False)
+    times = [t for seg in timer.segments for t in seg]
     train_s = time.time() - t0
     metrics = RankingMetrics([1, 5])
     for inputs, labels in evaluation_dataset(data["test"], 128):
         top = tf.math.top_k(model(inputs)[:, 0, :], 5).indices.numpy()
         metrics.update(top, labels.to_list())
     res = metrics.result()
-    return {"step_ms": 1000 * steady_step_seconds(timer), "train_s": train_s,
+    return {"step_ms": 1000 * steady_seconds(times), "train_s": train_s,
             "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-            "p@1": res["p@1"], "p@5": res["p@5"], "steps": len(timer.times)}
+            "p@1": res["p@1"], "p@5": res["p@5"], "steps": len(times)}
 
 
 def child_mach(args, data, workdir) -> dict:
@@ -198,53 +157,21 @@ def child_mach(args, data, workdir) -> dict:
     config = _mach_config(args)
     run = os.path.join(workdir, "mach_run")
     shutil.rmtree(run, ignore_errors=True)
-    timers = []
-    real_nan_guard = train_lib._nan_guard
-
-    def guard_and_time(*a, **k):  # one timer per group, added next to the NaN guard
-        timers.append(StepTimer())
-        guard = real_nan_guard(*a, **k)
-        timers[-1]._guard = guard
-        return _Both(guard, timers[-1])
-
-    train_lib._nan_guard = guard_and_time
+    timer = StepTimer()  # one segment per group (one fit each: no resumption here)
     t0 = time.time()
-    train_lib.train(run, data["train"], None, config, workers=1, verbose=0, log=lambda m: None)
+    train_lib.train(run, data["train"], None, config, workers=1, verbose=0,
+                    log=lambda m: None, callbacks=[timer])
     train_s = time.time() - t0
-    train_lib._nan_guard = real_nan_guard
     res = evaluate(run, data["test"], ks=(1, 5))
     n = Manifest.load(data["train"]).num_examples
-    group_step = [steady_step_seconds(t) for t in timers]
-    dense = sum(i * o for i, o in zip(config.hidden_units, config.hidden_units[1:] +
-                                      [config.num_buckets]))
+    group_step = [steady_seconds(seg) for seg in timer.segments]
     step_s = float(sum(group_step))  # one batch through every group = all R repetitions
-    flops = 6.0 * args.batch_size * dense * config.num_repetitions
+    flops = dense_flops_per_step(config, args.batch_size, config.num_repetitions)
     return {"step_ms": 1000 * step_s, "train_s": train_s, "params": config.num_params(),
             "p@1": res["p@1"], "p@5": res["p@5"], "buckets": config.num_buckets,
             "repetitions": config.num_repetitions, "group_size": config.group_size,
-            "groups": len(timers), "steps_per_epoch": math.ceil(n / args.batch_size),
+            "groups": len(timer.segments), "steps_per_epoch": math.ceil(n / args.batch_size),
             "dense_gflops": flops / step_s / 1e9}
-
-
-def _Both(a, b):
-    """One Keras callback that forwards to two."""
-    import keras
-
-    class Both(keras.callbacks.Callback):
-        def set_model(self, model):
-            super().set_model(model)
-            a.set_model(model)
-            b.set_model(model)
-
-        def __getattribute__(self, name):
-            if name.startswith("on_"):
-                def call(*args, **kwargs):
-                    getattr(b, name)(*args, **kwargs)
-                    return getattr(a, name)(*args, **kwargs)
-                return call
-            return super().__getattribute__(name)
-
-    return Both()
 
 
 def run_child(args, which, workdir, data) -> dict:
@@ -255,6 +182,8 @@ def run_child(args, which, workdir, data) -> dict:
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     if args.learning_rate:
         cmd += ["--learning-rate", str(args.learning_rate)]
+    if args.optimizer:
+        cmd += ["--optimizer", args.optimizer]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -282,12 +211,14 @@ def main(argv=None) -> dict:
         _say(args, f"writing {args.train_points} + {args.test_points} synthetic points, "
                    f"K={args.classes}, D={args.features}")
         make_data(args, workdir)
-        peak = matmul_peak_gflops()
+        peaks = [matmul_peak_gflops()]
         results = {}
         for which in [m for m in args.models.split(",") if m]:
             _say(args, f"training {which}")
             results[which] = run_child(args, which, workdir, data)
             _say(args, f"{which}: {json.dumps(results[which])}")
+        peaks.append(matmul_peak_gflops())  # the best of two: the machine is shared
+        peak = max(peaks)
         full, mach = results.get("full"), results.get("mach")
         config = _mach_config(args)
         full_params = (args.features * args.hidden + args.hidden + args.hidden * args.classes
@@ -296,10 +227,18 @@ def main(argv=None) -> dict:
             "benchmark": "train_speed", "classes": args.classes, "features": args.features,
             "hidden": args.hidden, "buckets": config.num_buckets,
             "repetitions": config.num_repetitions, "group_size": config.group_size,
-            "epochs": args.epochs, "batch_size": args.batch_size,
+            "epochs": args.epochs, "early_stopping": False, "validation_fraction": 0.0,
+            "optimizer": config.optimizer, "learning_rate": config.learning_rate,
+            "dropout": config.dropout, "batch_size": args.batch_size,
             "train_points": args.train_points, "test_points": args.test_points,
             "full_params": full_params, "mach_params": config.num_params(),
             "param_ratio": round(full_params / config.num_params(), 3),
+            # where the ratio comes from: MACH's R input layers against the full output
+            "mach_input_params": config.num_repetitions * (args.features * args.hidden
+                                                           + args.hidden),
+            "mach_output_params": config.num_repetitions * (args.hidden * config.num_buckets
+                                                            + config.num_buckets),
+            "full_output_params": args.hidden * args.classes + args.classes,
             "param_ratio_bound": round((args.features * args.hidden + args.hidden
                                         * args.classes) / (config.num_repetitions
                                                            * args.features * args.hidden), 3),

@@ -326,7 +326,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     steps = setup.steps
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
-    callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
+    fit_callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
     reporting = [keras.callbacks.TensorBoard(os.path.join(run, "logs", name),
                                              write_graph=False, profile_batch=0)]
     if events is not None:
@@ -347,7 +347,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
                                                    featurizer, setup.split.train_filter()),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
-                callbacks=callbacks, after_checkpoint=reporting, verbose=verbose,
+                callbacks=fit_callbacks, after_checkpoint=reporting, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)
     except UnreadableCheckpointError as e:
         # A torn checkpoint must not fail every rerun: report it and start the group over.

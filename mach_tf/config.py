@@ -21,7 +21,7 @@ LOSSES = ("softmax", "sigmoid")
 MERGES = ("prob", "logprob")
 FEATURE_NORMS = ("none", "l2")
 FEATURE_WEIGHTINGS = ("none", "idf")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adam_dense", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 #: Metrics the merged validation computes (cut-offs 1, 3, 5); any can drive early stopping.
 VALIDATION_METRICS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
@@ -132,7 +132,11 @@ class MachConfig:
             cross-entropy per bucket against the multi-hot bucket set.
         merge: What is averaged over repetitions to score a class: ``"prob"`` the bucket
             probability (the paper's estimator), ``"logprob"`` its logarithm.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        optimizer: ``"adam"`` (:class:`mach_tf.optimizers.SparseAdam`: Adam whose
+            update of the sparse input kernel above ``DENSE_INPUT_MAX_FEATURES`` features
+            is lazy, i.e. touches only the rows of the batch's features; exactly Adam
+            otherwise), ``"adam_dense"`` (Keras' Adam: every row of every kernel updated
+            every step), ``"adamw"`` or ``"sgd"``.
         learning_rate: Peak learning rate.
         lr_schedule: ``"constant"``; ``"plateau"`` halves the rate when the merged
             validation metric has not improved for 2 epochs; ``"cosine"`` decays it to 0

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mach_tf.config import MachConfig
 from mach_tf.layers import GroupedDense, SparseDense
+from mach_tf.optimizers import SparseAdam
 
 INPUT_KEYS = ("feature_ids", "feature_values")
 
@@ -345,6 +346,11 @@ def make_optimizer(config: MachConfig, steps_per_epoch: int | None = None):
         lr = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=int(steps_per_epoch * config.epochs))
     if config.optimizer == "adam":
+        # Same update as Keras' Adam, but the sparse input kernel's IndexedSlices gradient
+        # updates only the batch's rows instead of the whole [D, G*H] kernel and its two
+        # moment slots (lazy Adam; see mach_tf/optimizers.py and docs/design.md).
+        return SparseAdam(learning_rate=lr)
+    if config.optimizer == "adam_dense":
         return keras.optimizers.Adam(learning_rate=lr)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr)

@@ -276,7 +276,8 @@ def group_name(group: Sequence[int]) -> str:
 def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
                 log: Log = _stderr, *, save: Sequence[int] | None = None,
-                checkpoint_every: int = 0, claims=None, events: Events | None = None) -> dict:
+                checkpoint_every: int = 0, claims=None, events: Events | None = None,
+                callbacks: Sequence = ()) -> dict:
     """Trains one group of repetitions with ``model.fit`` and saves each repetition.
 
     The group resumes from its step checkpoint in ``RUN/work/group-.../checkpoint`` when
@@ -290,6 +291,8 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         claims: The :class:`mach_tf.claims.ClaimSet` held on the group; checked before
             every checkpoint and before the repetitions are written.
         events: Receives progress events (dicts).
+        callbacks: More Keras callbacks for the group's ``fit``, run after the reporting
+            ones (e.g. a step timer; see ``benchmarks/train_speed.py``).
 
     Returns:
         The per-epoch history of the group.
@@ -323,7 +326,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     steps = setup.steps
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
-    callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
+    fit_callbacks = [_nan_guard(config.learning_rate), *setup.callbacks]
     from mach_tf.summaries import reporting_callbacks
 
     reporting = [keras.callbacks.TensorBoard(os.path.join(run, "logs", name),
@@ -331,6 +334,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                  *reporting_callbacks(run, config, group, setup.sample)]
     if events is not None:
         reporting.append(_progress_callback(emit, worker, group, config.epochs))
+    reporting.extend(callbacks)
     state = GroupCheckpoint(ckpt_dir).state()
     if state is not None:
         emit({"event": "resume", "worker": worker, "reps": group, "epoch": state["epoch"],
@@ -346,7 +350,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
                                                    featurizer, setup.split.train_filter()),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
-                callbacks=callbacks, after_checkpoint=reporting, verbose=verbose,
+                callbacks=fit_callbacks, after_checkpoint=reporting, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)
     except UnreadableCheckpointError as e:
         # A torn checkpoint must not fail every rerun: report it and start the group over.
@@ -354,7 +358,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         tf.io.gfile.rmtree(ckpt_dir)
         return train_group(run, config, group, train, valid, worker=worker, verbose=verbose,
                            log=log, save=save, checkpoint_every=checkpoint_every,
-                           claims=claims, events=events)
+                           claims=claims, events=events, callbacks=callbacks)
     seconds = time.time() - t0
     if check is not None:
         check()
@@ -424,8 +428,8 @@ def train_worker(run: str, train: str, valid: str | None = None,
                  config: MachConfig | None = None, worker_index: int | None = None,
                  num_workers: int | None = None, verbose: int = 2,
                  log: Log = _stderr, *, checkpoint_every: int = 0,
-                 claim_lease: float | None = None, events: Events | None = None
-                 ) -> WorkerReport:
+                 claim_lease: float | None = None, events: Events | None = None,
+                 callbacks: Sequence = ()) -> WorkerReport:
     """Trains this worker's unfinished repetitions (see module docstring).
 
     Each group is claimed before it is trained (:mod:`mach_tf.claims`): a group another
@@ -445,6 +449,8 @@ def train_worker(run: str, train: str, valid: str | None = None,
         claim_lease: Seconds without a heartbeat after which a claim is taken over
             (default ``MACH_TF_CLAIM_LEASE_S`` or 120).
         events: Receives progress events (dicts), e.g. for a launcher's display.
+        callbacks: More Keras callbacks for every group's ``fit`` (see
+            :func:`train_group`).
 
     Returns:
         A :class:`WorkerReport`. Repetitions whose training failed are listed in
@@ -509,7 +515,8 @@ def train_worker(run: str, train: str, valid: str | None = None,
                 try:
                     train_group(run, config, group, train, valid, worker=index,
                                 verbose=verbose, log=log, save=left,
-                                checkpoint_every=checkpoint_every, claims=held, events=events)
+                                checkpoint_every=checkpoint_every, claims=held, events=events,
+                                callbacks=callbacks)
                 except (NonFiniteLossError, claims_lib.ClaimLost) as e:
                     for r in left:
                         report.failed[r] = str(e)
@@ -603,17 +610,24 @@ def _pump(stream, prefix: str, sink) -> None:
 def train(run: str, train: str, valid: str | None = None, config: MachConfig | None = None,
           workers: int = 1, threads: int | None = None, verbose: int = 2,
           log: Log = _stderr, *, checkpoint_every: int = 0,
-          claim_lease: float | None = None) -> dict:
+          claim_lease: float | None = None, callbacks: Sequence = ()) -> dict:
     """Trains every repetition with ``workers`` local worker processes.
 
     Each worker is a separate ``python -m mach_tf train --worker-index i`` process with its
     own device (``CUDA_VISIBLE_DEVICES`` = one GPU per worker, round robin, when GPUs
-    exist) and a share of the CPU threads. With ``workers=1`` training runs in this process.
+    exist) and a share of the CPU threads. With ``workers=1`` training runs in this process,
+    and ``callbacks`` (more Keras callbacks for every group's ``fit``) run in it.
+
+    Raises:
+        ValueError: for ``callbacks`` with ``workers > 1`` (they cannot reach the workers'
+            processes).
 
     Returns:
         A summary: ``trained``, ``skipped``, ``failed`` repetitions and ``seconds``.
     """
     t0 = time.time()
+    if callbacks and workers > 1:
+        raise ValueError("callbacks run in this process: pass them only with workers=1")
     if workers > 1:
         _hide_gpus_from_driver()
     if config is None:
@@ -625,7 +639,8 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
         configure_threads(threads)
         with RepetitionProgress(run, config.num_repetitions, log):
             rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log,
-                               checkpoint_every=checkpoint_every, claim_lease=claim_lease)
+                               checkpoint_every=checkpoint_every, claim_lease=claim_lease,
+                               callbacks=callbacks)
         return run_summary(run, config, [rep.to_dict()], time.time() - t0, log)
     with RepetitionProgress(run, config.num_repetitions, log):
         reports = _run_local_workers(run, train, valid, config, workers, threads, verbose,

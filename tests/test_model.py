@@ -52,6 +52,32 @@ def test_sparse_dense_equals_dense_matmul(normalize):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("empty_rows", [(), (0, 3), (4, 5), tuple(range(6))])
+def test_gathered_sparse_input_equals_dense_matmul(empty_rows):
+    """The gather path (D above DENSE_INPUT_MAX_FEATURES) gives the GEMM's result, also for
+    examples without features at the start or the end of the batch, and its kernel
+    gradient is the dense one, as row slices."""
+    from mach_tf.layers import DENSE_INPUT_MAX_FEATURES
+
+    dim = DENSE_INPUT_MAX_FEATURES + 40
+    x = sparse_batch(np.random.default_rng(5))
+    x["feature_ids"] = np.where(x["feature_ids"] >= 0, x["feature_ids"] + dim - 40, -1)
+    for i in empty_rows:
+        x["feature_ids"][i] = -1
+    layer = SparseDense(dim, 4, groups=2, activation="linear", normalize="none")
+    layer.build(None)
+    with tf.GradientTape() as tape:
+        out = layer(x["feature_ids"], x["feature_values"])
+        loss = tf.reduce_sum(out ** 2)
+    grad = tape.gradient(loss, layer.kernel)
+    assert isinstance(grad, tf.IndexedSlices)
+    d = dense_of(x, dim)
+    expected = d @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+    np.testing.assert_allclose(out.numpy(), expected.reshape(-1, 2, 4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), d.T @ (2 * expected),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_grouped_dense_is_independent_denses():
     layer = GroupedDense(3, groups=2, activation="relu")
     x = np.random.default_rng(1).normal(size=(4, 2, 5)).astype(np.float32)

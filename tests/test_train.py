@@ -90,3 +90,35 @@ def test_worker_identity_arguments_win_and_are_checked():
     assert worker_identity(1, 2, env={"SLURM_ARRAY_TASK_ID": "0"}) == (1, 2)
     with pytest.raises(ValueError, match="outside"):
         worker_identity(3, 2, env={})
+
+
+def test_callbacks_reach_every_group_fit(tmp_path, tiny_data, fast_config):
+    """Callbacks given to ``train`` run in every group's ``fit`` (the benchmarks' step
+    timer), after the training's own; they cannot reach worker processes."""
+    import keras
+
+    from mach_tf.train import train
+    from mach_tf.validation import data_split, steps_per_epoch
+
+    class Count(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.fits = []
+
+        def on_train_begin(self, logs=None):
+            self.fits.append([self.model.repetitions, 0])
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.fits[-1][1] += 1
+
+    count = Count()
+    run = str(tmp_path / "run")
+    summary = train(run, tiny_data["train"], None, fast_config, workers=1, verbose=0,
+                    log=quiet, callbacks=[count])
+    assert summary["complete"] == fast_config.num_repetitions
+    steps = steps_per_epoch(data_split(fast_config, tiny_data["train"]),
+                            fast_config.batch_size)
+    assert count.fits == [[[0, 1], steps], [[2, 3], steps]]
+    with pytest.raises(ValueError, match="workers=1"):
+        train(str(tmp_path / "run2"), tiny_data["train"], None, fast_config, workers=2,
+              callbacks=[count])

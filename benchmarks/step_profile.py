@@ -1,0 +1,190 @@
+"""Where a training step's time goes, and how close its matmuls come to the machine's peak.
+
+    python -m benchmarks.step_profile --json [--classes 100000 --features 20000]
+
+One group of ``--group`` repetitions of the default config for K, D (hidden width
+``--hidden``), one synthetic batch repeated from memory (so file reading is not timed).
+In one run:
+
+* ``fit_step_ms``: ``model.fit``'s median step with the default optimizer (``adam``: lazy
+  rows for the sparse input kernel) and ``fit_step_dense_adam_ms`` with Keras' dense Adam
+  (``adam_dense``), measured in alternating rounds; ``lazy_adam_speedup`` is their ratio;
+* the step's parts, each a ``tf.function`` timed alone (median): ``forward_ms`` (the
+  network), ``loss_ms`` (forward plus the bucket loss, minus forward), ``backward_ms``
+  (gradients, minus forward and loss), ``update_input_ms`` / ``update_dense_ms`` (the
+  optimizer on the sparse input kernel / on everything else), and ``gemm_ms``: the dense
+  layers' matmuls alone (forward and the two backward GEMMs at the step's shapes);
+* ``matmul_peak_gflops``: a 2048^3 float32 ``tf.matmul`` in the same process;
+* ``flop_efficiency``: the dense layers' FLOPs per step (``6 * batch * sum(in * out)`` per
+  repetition) over ``fit_step_ms``, divided by the peak; ``gemm_efficiency``: the same
+  FLOPs over ``gemm_ms`` (what the matmuls reach at these shapes on their own).
+  ``gemm_share`` = ``gemm_ms / fit_step_ms`` says how much of the step is matmul at all.
+
+The last stdout line is one JSON object with the figures and every setting used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.step_timing import (dense_flops_per_step, fit_step_seconds,
+                                    matmul_peak_gflops, synthetic_batch)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=int, default=100_000, help="K")
+    p.add_argument("--features", type=int, default=20_000, help="D")
+    p.add_argument("--hidden", type=int, default=128, help="H")
+    p.add_argument("--group", type=int, default=None, help="G (default: the config's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30, help="fit steps per round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    return p.parse_args(argv)
+
+
+def _say(args, msg):
+    print(f"[step_profile] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _median_ms(f, repeats: int = 20) -> float:
+    f()
+    f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * float(np.median(times))
+
+
+def part_times(model, batch) -> dict:
+    """Milliseconds of the step's parts (see module docstring)."""
+    import tensorflow as tf
+
+    from mach_tf.model import bucket_loss
+
+    x, y = batch
+    variables = model.trainable_variables
+    loss_kind = model.loss.kind
+
+    def total(t):  # a scalar that needs every value without densifying IndexedSlices
+        return tf.reduce_sum(t.values if isinstance(t, tf.IndexedSlices) else t)
+
+    @tf.function(autograph=False)
+    def forward():
+        return tf.reduce_sum(model(x, training=True))
+
+    @tf.function(autograph=False)
+    def forward_loss():
+        return tf.reduce_sum(bucket_loss(y, model(x, training=True), loss_kind))
+
+    @tf.function(autograph=False)
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(bucket_loss(y, model(x, training=True), loss_kind))
+        return tf.add_n([total(g) for g in tape.gradient(loss, variables)])
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(bucket_loss(y, model(x, training=True), loss_kind))
+    grads = tape.gradient(loss, variables)
+    kernel = model.sparse_input.kernel
+    first = [(g, v) for g, v in zip(grads, variables) if v is kernel]
+    rest = [(g, v) for g, v in zip(grads, variables) if v is not kernel]
+    opt = model.optimizer
+
+    @tf.function(autograph=False)
+    def update_input():
+        opt.apply_gradients(first)
+
+    @tf.function(autograph=False)
+    def update_rest():
+        opt.apply_gradients(rest)
+
+    batch_size = int(x["feature_ids"].shape[0])
+    widths = [model.hidden_units[0]] + model.hidden_units[1:] + [model.num_buckets]
+    mats = []
+    for i, o in zip(widths[:-1], widths[1:]):
+        mats.append((tf.random.stateless_normal([model.groups, batch_size, i], [i, o]),
+                     tf.random.stateless_normal([model.groups, i, o], [o, i]),
+                     tf.random.stateless_normal([model.groups, batch_size, o], [i, i])))
+
+    @tf.function(autograph=False)
+    def gemms():
+        out = []
+        for h, w, dy in mats:  # forward, d/dinput, d/dkernel
+            out += [tf.reduce_sum(tf.matmul(h, w)),
+                    tf.reduce_sum(tf.matmul(dy, w, transpose_b=True)),
+                    tf.reduce_sum(tf.matmul(h, dy, transpose_a=True))]
+        return tf.add_n(out)
+
+    fwd = _median_ms(forward)
+    fwd_loss = _median_ms(forward_loss)
+    grad = _median_ms(gradients)
+    return {"forward_ms": fwd, "loss_ms": max(0.0, fwd_loss - fwd),
+            "backward_ms": max(0.0, grad - fwd_loss), "update_input_ms": _median_ms(update_input),
+            "update_dense_ms": _median_ms(update_rest), "gemm_ms": _median_ms(gemms)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from mach_tf.config import MachConfig
+    from mach_tf.model import build_model, compile_model
+
+    t0 = time.time()
+    over = {"hidden_units": [args.hidden], "batch_size": args.batch_size, "seed": args.seed,
+            "dropout": 0.5}
+    if args.group:
+        over["group_size"] = args.group
+    config = MachConfig.from_data(args.classes, args.features, **over)
+    group = list(range(min(config.group_size, config.num_repetitions)))
+    batch = synthetic_batch(config, group, args.batch_size, args.seed)
+    peak = matmul_peak_gflops()
+    models = {}
+    for opt in ("adam", "adam_dense"):
+        keras.utils.set_random_seed(args.seed)
+        models[opt] = compile_model(build_model(config.replace(optimizer=opt), group),
+                                    config.replace(optimizer=opt))
+    steps = {"adam": [], "adam_dense": []}
+    for r in range(args.rounds):
+        for opt in ("adam", "adam_dense") if r % 2 == 0 else ("adam_dense", "adam"):
+            steps[opt].append(fit_step_seconds(models[opt], batch, args.steps))
+            _say(args, f"round {r + 1}: {opt} {1000 * steps[opt][-1]:.1f} ms/step")
+    fit_s = float(np.min(steps["adam"]))
+    dense_s = float(np.min(steps["adam_dense"]))
+    parts = part_times(models["adam"], batch)
+    flops = dense_flops_per_step(config, args.batch_size, len(group))
+    nnz = int(np.sum(np.asarray(batch[0]["feature_ids"]) >= 0))
+    out = {"benchmark": "step_profile", "classes": args.classes, "features": args.features,
+           "hidden_units": config.hidden_units, "buckets": config.num_buckets,
+           "group": len(group), "batch_size": args.batch_size, "nonzeros_per_batch": nnz,
+           "dropout": config.dropout, "steps_per_round": args.steps, "rounds": args.rounds,
+           "fit_step_ms": round(1000 * fit_s, 2),
+           "fit_step_dense_adam_ms": round(1000 * dense_s, 2),
+           "lazy_adam_speedup": round(dense_s / fit_s, 2),
+           **{k: round(v, 2) for k, v in parts.items()},
+           "matmul_peak_gflops": round(peak, 1),
+           "dense_gflop_per_step": round(flops / 1e9, 3),
+           "flop_efficiency": round(flops / fit_s / 1e9 / peak, 3),
+           "gemm_efficiency": round(flops / (parts["gemm_ms"] / 1000) / 1e9 / peak, 3),
+           "gemm_share": round(parts["gemm_ms"] / (1000 * fit_s), 3),
+           "load_average": [round(x, 2) for x in os.getloadavg()],
+           "seconds": round(time.time() - t0, 1)}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
+from mach_tf.inference import MergedDecoder
 from mach_tf.validation import ValidationSample, eval_batch_size
 
 PREFIX = "merged_"
@@ -36,36 +37,6 @@ KS = (1, 3, 5)
 def monitor_name(config: MachConfig) -> str:
     """The logs key early stopping and the schedule watch, e.g. ``group_merged_ndcg@5``."""
     return GROUP_PREFIX + config.early_stopping_metric
-
-
-class MergedDecoder:
-    """Merged top-k over a chosen set of repetitions (exact, or candidates above 100k
-    classes, as :class:`mach_tf.inference.MergedScorer` decides)."""
-
-    def __init__(self, config: MachConfig, repetitions: Sequence[int]):
-        from mach_tf.inference import DEFAULT_CANDIDATE_BUCKETS, candidate_index, resolve_decoder
-
-        self.config = config
-        family = config.hash_family.subset(list(repetitions))
-        self.family = family
-        self.decoder = resolve_decoder("auto", config.num_classes)
-        self.m = DEFAULT_CANDIDATE_BUCKETS
-        if self.decoder == "exact":
-            self.table = tf.constant(family.table(config.num_classes))
-        else:
-            index = candidate_index(family, config.num_classes)
-            self.offsets = tf.constant(index["offsets"])
-            self.classes = tf.constant(index["classes"])
-            self.class_slots = tf.constant(index["class_slots"])
-
-    def topk(self, bucket_scores, k: int):
-        """``(scores, class_ids)`` ``[batch, k]`` from bucket scores ``[batch, R', B]``."""
-        from mach_tf.inference import candidate_topk, exact_topk
-
-        if self.decoder == "exact":
-            return exact_topk(bucket_scores, self.table, k)
-        return candidate_topk(bucket_scores, self.offsets, self.classes, self.class_slots,
-                              self.m, k)
 
 
 def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.ndarray:
@@ -120,8 +91,11 @@ class MergedValidation(keras.callbacks.Callback):
                 sample.num_examples, len(self.done_repetitions))):
             raise ValueError("done_scores must be [num_examples, len(done_repetitions), B]")
         self.done_scores = done_scores if self.done_repetitions else None
-        self.run_decoder = MergedDecoder(config, self.done_repetitions + self.repetitions)
-        self.group_decoder = MergedDecoder(config, self.repetitions)
+        # Exact, or candidates above 100k classes, as evaluation decides (decoder "auto").
+        family = config.hash_family
+        self.run_decoder = MergedDecoder(
+            family.subset(self.done_repetitions + self.repetitions), config.num_classes)
+        self.group_decoder = MergedDecoder(family.subset(self.repetitions), config.num_classes)
         self.history: list[dict] = []
         self._fn = None
 

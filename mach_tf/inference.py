@@ -208,6 +208,40 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int)
     return top_k.values, ids
 
 
+class MergedDecoder:
+    """Merged top-k from the bucket scores of the repetitions of a hash family.
+
+    Args:
+        family: The :class:`~mach_tf.hashing.HashFamily` of the repetitions merged (a run's,
+            or a subset of it), in the order of the bucket scores' repetition axis.
+        num_classes: K.
+        decoder: ``"exact"``, ``"candidates"`` or ``"auto"`` (by K).
+        candidate_buckets: m, buckets per repetition for candidate decoding.
+    """
+
+    def __init__(self, family, num_classes: int, decoder: str = "auto",
+                 candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS):
+        if candidate_buckets < 1:
+            raise ValueError(f"candidate_buckets must be >= 1, got {candidate_buckets}")
+        self.family = family
+        self.decoder = resolve_decoder(decoder, num_classes)
+        self.m = int(candidate_buckets)
+        if self.decoder == "exact":
+            self.table = tf.constant(family.table(num_classes))
+        else:
+            index = candidate_index(family, num_classes)
+            self.offsets = tf.constant(index["offsets"])
+            self.classes = tf.constant(index["classes"])
+            self.class_slots = tf.constant(index["class_slots"])
+
+    def topk(self, bucket_scores, k: int):
+        """``(scores, class_ids)`` ``[batch, k]`` from bucket scores ``[batch, R, B]``."""
+        if self.decoder == "exact":
+            return exact_topk(bucket_scores, self.table, k)
+        return candidate_topk(bucket_scores, self.offsets, self.classes, self.class_slots,
+                              self.m, k)
+
+
 class MergedScorer:
     """In-Python merged top-k over a model holding all R repetitions.
 
@@ -225,30 +259,20 @@ class MergedScorer:
         if list(model.repetitions) != list(range(config.num_repetitions)):
             raise ValueError(f"model holds repetitions {model.repetitions}, expected "
                              f"0..{config.num_repetitions - 1}")
-        if candidate_buckets < 1:
-            raise ValueError(f"candidate_buckets must be >= 1, got {candidate_buckets}")
         self.config = config
         self.model = model
-        self.decoder = resolve_decoder(decoder, config.num_classes)
-        self.m = int(candidate_buckets)
+        self._decoder = MergedDecoder(config.hash_family, config.num_classes, decoder,
+                                      candidate_buckets)
+        self.decoder = self._decoder.decoder
+        self.m = self._decoder.m
         self._bucket_scores = bucket_scores
-        family = config.hash_family
-        if self.decoder == "exact":
-            self.table = tf.constant(family.table(config.num_classes))
-        else:
-            index = candidate_index(family, config.num_classes)
-            self.offsets = tf.constant(index["offsets"])
-            self.classes = tf.constant(index["classes"])
-            self.class_slots = tf.constant(index["class_slots"])
 
     def bucket_scores(self, inputs):
         logits = self.model(inputs, training=False)
         return self._bucket_scores(logits, self.config.loss, self.config.merge)
 
     def topk_from_bucket_scores(self, scores, k: int):
-        if self.decoder == "exact":
-            return exact_topk(scores, self.table, k)
-        return candidate_topk(scores, self.offsets, self.classes, self.class_slots, self.m, k)
+        return self._decoder.topk(scores, k)
 
     def topk(self, inputs, k: int):
         """``(scores [batch, k], class_ids [batch, k])`` for padded sparse ``inputs``."""

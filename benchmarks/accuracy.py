@@ -45,14 +45,11 @@ def resolve_dataset(spec: str) -> tuple[str, str]:
     return os.path.basename(os.path.normpath(folder)), folder
 
 
-def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None = None,
-                seed: int = 0, log=lambda m: None) -> dict:
-    """Converts, trains with the defaults and evaluates one dataset; returns its row."""
+def prepare_dataset(spec: str, workdir: str) -> tuple[str, dict, str]:
+    """``(name, {"train", "test"} prefixes, run)`` of a dataset: its splits converted under
+    ``workdir/NAME/tfr`` once, and an empty run directory ``workdir/NAME/run``."""
     import shutil
 
-    from mach_tf import rundir
-    from mach_tf.evaluate import evaluate
-    from mach_tf.train import config_for_data, train
     from tfrecords_tools.convert import convert
 
     name, folder = resolve_dataset(spec)
@@ -63,6 +60,17 @@ def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None =
             convert(os.path.join(folder, f"{s}.txt"), prefix)
     run = os.path.join(base, "run")
     shutil.rmtree(run, ignore_errors=True)
+    return name, data, run
+
+
+def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None = None,
+                seed: int = 0, log=lambda m: None) -> dict:
+    """Converts, trains with the defaults and evaluates one dataset; returns its row."""
+    from mach_tf import rundir
+    from mach_tf.evaluate import evaluate, inverse_propensities, popularity_baseline
+    from mach_tf.train import config_for_data, train
+
+    name, data, run = prepare_dataset(spec, workdir)
     config = config_for_data(data["train"], seed=seed)
     log(f"{name}: K={config.num_classes} D={config.num_features} B={config.num_buckets} "
         f"R={config.num_repetitions} hidden={config.hidden_units} epochs<={config.epochs}")
@@ -78,6 +86,10 @@ def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None =
     row = {"dataset": name}
     for key in ("p@1", "p@3", "p@5", "ndcg@5", "psp@1", "psp@3", "psp@5"):
         row[key] = round(float(res[key]), 4)
+    # The floor: always the most frequent training labels (seq_GO's model reaches no more).
+    floor = popularity_baseline(rundir.load_label_counts(run), data["test"], (1, 3, 5),
+                                inverse_propensities(run, config.num_classes))
+    row.update({"floor_" + k: round(float(floor[k]), 4) for k in ("p@1", "p@5", "psp@5")})
     row.update(train_s=round(train_s, 1), model_params=config.num_params(),
                num_classes=config.num_classes, num_features=config.num_features,
                num_train=rundir.read_json(os.path.join(run, rundir.TRAIN_DATA))["num_examples"],

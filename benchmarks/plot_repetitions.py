@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from benchmarks.accuracy import PEERS, resolve_dataset
+from benchmarks.accuracy import PEERS, prepare_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,22 +67,12 @@ def main(argv=None) -> int:
                                                     "p_at_k_vs_repetitions.png"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import shutil
-
     from mach_tf.train import config_for_data, train
-    from tfrecords_tools.convert import convert
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    name, folder = resolve_dataset(a.dataset)
-    base = os.path.join(a.workdir, name)
-    data = {s: os.path.join(base, "tfr", s) for s in ("train", "test")}
-    for s, prefix in data.items():
-        if not os.path.exists(prefix + ".manifest.json"):
-            convert(os.path.join(folder, f"{s}.txt"), prefix)
-    run = os.path.join(base, "run")
-    shutil.rmtree(run, ignore_errors=True)
+    name, data, run = prepare_dataset(a.dataset, a.workdir)
     config = config_for_data(data["train"], num_repetitions=a.max_repetitions)
     t0 = time.time()
     train(run, data["train"], None, config, verbose=0, log=log)

@@ -44,13 +44,15 @@ def inverse_propensities(run: str, num_classes: int) -> np.ndarray | None:
     return 1.0 / propensities(counts[:num_classes], n)
 
 
-def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 3, 5)) -> dict:
-    """Metrics of always predicting the most frequent training labels (the floor)."""
+def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 3, 5),
+                        propensities: np.ndarray | None = None) -> dict:
+    """Metrics of always predicting the most frequent training labels (the floor); PSP@k
+    too when the inverse ``propensities`` are given."""
     from tfrecords_tools.dataset import make_dataset
 
     kmax = max(ks)
     top = np.argsort(-np.asarray(label_counts), kind="stable")[:kmax]
-    metrics = RankingMetrics(ks)
+    metrics = RankingMetrics(ks, propensities)
     for batch in make_dataset(test, 4096, shuffle=False):
         labels = batch["labels"].to_list()
         metrics.update(np.tile(top, (len(labels), 1)), labels)

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mach_tf.config import MachConfig
 from mach_tf.text_config import TextSettings
 from mach_tf.text_fold import fold_table, table_sha256
 
@@ -331,7 +332,7 @@ def load_featurizer(run: str, config) -> TextFeaturizer:
     return layer
 
 
-def adapt_run(run: str, config, train) -> "MachConfig":  # noqa: F821
+def adapt_run(run: str, config: MachConfig, train) -> MachConfig:
     """Adapts the featuriser of a text run to its training data, once.
 
     Counts the document frequencies over the texts of ``train``, writes them to the run

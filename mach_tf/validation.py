@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig

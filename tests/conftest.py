@@ -75,3 +75,52 @@ def run_cli(*args, input_text=None, timeout=600, env=None):
     return subprocess.run([sys.executable, "-m", "mach_tf", *map(str, args)],
                           input=input_text, capture_output=True, text=True, timeout=timeout,
                           env=e, cwd=ROOT)
+
+
+def serve_both_ways(path, signatures):
+    """Yields ``run(loader, signature, feeds)`` over the export at ``path`` loaded once by
+    ``tf.saved_model.load`` and once by the v1 session loader TF Serving uses (feeding the
+    signatures' tensor names); ``run.input_dtypes`` maps each of ``signatures`` to its
+    inputs' dtypes. For module-scoped fixtures: ``yield from serve_both_ways(...)``."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    sess = tf.compat.v1.Session(graph=tf.Graph())
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+
+    def run(loader, signature, feeds):
+        if loader == "saved_model.load":
+            fn = loaded.signatures[signature]
+            specs = fn.structured_input_signature[1]
+            out = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in feeds.items()})
+            return {k: v.numpy() for k, v in out.items()}
+        sig = meta.signature_def[signature]
+        return sess.run({k: v.name for k, v in sig.outputs.items()},
+                        {sig.inputs[k].name: v for k, v in feeds.items()})
+
+    run.input_dtypes = {name: {k: v.dtype for k, v in
+                               loaded.signatures[name].structured_input_signature[1].items()}
+                        for name in signatures}
+    yield run
+    sess.close()
+
+
+def replay_warmup(path, top_k: int = 5) -> dict:
+    """Replays an export's warmup PredictionLogs through ``tf.saved_model.load``, checking
+    each answer's shape; returns ``{signature: [batch sizes in file order]}``."""
+    import tensorflow as tf
+
+    from export import warmup as warmup_lib
+
+    loaded = tf.saved_model.load(path)
+    seen = {}
+    for log in warmup_lib.read_warmup(os.path.join(path, "assets.extra",
+                                                   warmup_lib.WARMUP_FILE)):
+        req = log.predict_log.request
+        feeds = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
+        out = loaded.signatures[req.model_spec.signature_name](
+            **{k: tf.constant(v) for k, v in feeds.items()})
+        batch = len(next(iter(feeds.values())))
+        assert out["label_ids"].shape == (batch, top_k)
+        seen.setdefault(req.model_spec.signature_name, []).append(batch)
+    return seen

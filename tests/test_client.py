@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import serve_both_ways
 from export import client
 from export.stitch import topk_agree
 from mach_tf import rundir
@@ -39,26 +40,7 @@ def reference(tiny_run, lines):
 @pytest.fixture(scope="module")
 def served(tiny_export):
     """``run(loader, signature, feeds)`` over the export loaded once per loader."""
-    path = tiny_export[0]
-    loaded = tf.saved_model.load(path)
-    sess = tf.compat.v1.Session(graph=tf.Graph())
-    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
-
-    def run(loader, signature, feeds):
-        if loader == "saved_model.load":
-            fn = loaded.signatures[signature]
-            specs = fn.structured_input_signature[1]
-            out = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in feeds.items()})
-            return {k: v.numpy() for k, v in out.items()}
-        sig = meta.signature_def[signature]
-        return sess.run({k: v.name for k, v in sig.outputs.items()},
-                        {sig.inputs[k].name: v for k, v in feeds.items()})
-
-    run.input_dtypes = {name: {k: v.dtype for k, v in
-                               loaded.signatures[name].structured_input_signature[1].items()}
-                        for name in client.SIGNATURES}
-    yield run
-    sess.close()
+    yield from serve_both_ways(tiny_export[0], client.SIGNATURES)
 
 
 def _json_value(value, dtype):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import replay_warmup
 from export import signatures as signatures_lib
 from export import stitch
 from export import warmup as warmup_lib
@@ -129,19 +130,7 @@ def test_saved_model_cli_lists_signatures(tiny_export):
 
 
 def test_warmup_requests_replay(tiny_export):
-    path = tiny_export[0]
-    logs = warmup_lib.read_warmup(
-        os.path.join(path, "assets.extra", warmup_lib.WARMUP_FILE))
-    loaded = tf.saved_model.load(path)
-    seen = {}
-    for log in logs:
-        req = log.predict_log.request
-        feeds = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
-        out = loaded.signatures[req.model_spec.signature_name](
-            **{k: tf.constant(v) for k, v in feeds.items()})
-        batch = len(next(iter(feeds.values())))
-        assert out["label_ids"].shape == (batch, 5)
-        seen.setdefault(req.model_spec.signature_name, []).append(batch)
+    seen = replay_warmup(tiny_export[0])
     assert seen["serving_default"][:4] == [1, 2, 4, 8]
     assert seen["predict_examples"][:2] == [1, 4]
 

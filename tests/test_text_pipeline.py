@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import replay_warmup, serve_both_ways
 from export import client
 from export import stitch
-from export import warmup as warmup_lib
 from export.stitch import ExportError, TEXT_PROBES, export_model, topk_agree
 from mach_tf import rundir
 from mach_tf.inference import MergedScorer
@@ -77,26 +77,7 @@ def python_features(text_run, queries):
 
 @pytest.fixture(scope="module")
 def served(text_export):
-    path = text_export.path
-    loaded = tf.saved_model.load(path)
-    sess = tf.compat.v1.Session(graph=tf.Graph())
-    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
-
-    def run(loader, signature, feeds):
-        if loader == "saved_model.load":
-            fn = loaded.signatures[signature]
-            specs = fn.structured_input_signature[1]
-            out = fn(**{k: tf.constant(v, specs[k].dtype) for k, v in feeds.items()})
-            return {k: v.numpy() for k, v in out.items()}
-        sig = meta.signature_def[signature]
-        return sess.run({k: v.name for k, v in sig.outputs.items()},
-                        {sig.inputs[k].name: v for k, v in feeds.items()})
-
-    run.input_dtypes = {name: {k: v.dtype for k, v in
-                               loaded.signatures[name].structured_input_signature[1].items()}
-                        for name in client.ALL_SIGNATURES}
-    yield run
-    sess.close()
+    yield from serve_both_ways(text_export.path, client.ALL_SIGNATURES)
 
 
 def strings(texts):
@@ -178,17 +159,7 @@ def test_export_info_and_warmup_include_text(text_export):
     assert info["signatures"] == ["serving_default", "predict_examples", "predict_text"]
     assert info["config"]["text"]["char_ngrams"] == 3
     assert text_export.verified_queries == 64 + len(TEXT_PROBES)
-    loaded = tf.saved_model.load(path)
-    seen = {}
-    for log in warmup_lib.read_warmup(os.path.join(path, "assets.extra",
-                                                   warmup_lib.WARMUP_FILE)):
-        req = log.predict_log.request
-        feeds = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
-        out = loaded.signatures[req.model_spec.signature_name](
-            **{k: tf.constant(v) for k, v in feeds.items()})
-        batch = len(next(iter(feeds.values())))
-        assert out["label_ids"].shape == (batch, 5)
-        seen.setdefault(req.model_spec.signature_name, []).append(batch)
+    seen = replay_warmup(path)
     assert seen["predict_text"][:4] == [1, 2, 4, 8]
     assert set(seen) == {"serving_default", "predict_examples", "predict_text"}
 

@@ -137,6 +137,22 @@ class MergedValidation(keras.callbacks.Callback):
         return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
                 for name, m in (("run", run_metrics), ("group", group_metrics))}
 
+    def resume(self, history: dict, weights_at_epoch=None) -> bool:
+        """Rebuilds ``history`` from the Keras logs of the epochs run before a restart
+        (``{key: [value per epoch]}``, as the group's checkpoint keeps them)."""
+        n = len(history.get(PREFIX + "repetitions", []))
+        self.history = []
+        for e in range(n):
+            entry = {"epoch": e, "repetitions": int(history[PREFIX + "repetitions"][e]),
+                     "run": {}, "group": {}}
+            for key, values in history.items():
+                if key.startswith(GROUP_PREFIX):
+                    entry["group"][key[len(GROUP_PREFIX):]] = float(values[e])
+                elif key.startswith(PREFIX) and key != PREFIX + "repetitions":
+                    entry["run"][key[len(PREFIX):]] = float(values[e])
+            self.history.append(entry)
+        return True
+
     def on_epoch_end(self, epoch, logs=None):
         res = self.compute()
         entry = {"epoch": epoch, "repetitions": len(self.done_repetitions) +
@@ -147,6 +163,108 @@ class MergedValidation(keras.callbacks.Callback):
                 for k, v in res[name].items():
                     logs[prefix + k] = float(v)
             logs[PREFIX + "repetitions"] = float(entry["repetitions"])
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` (``mode="max"``, best weights restored) whose state survives
+    the two ``fit`` calls of a resumed epoch and a worker's restart.
+
+    :func:`mach_tf.checkpoint.fit_resumable` drives it: it sets ``hold_end`` so that the
+    end of a ``fit`` that is not the end of training restores nothing, calls
+    :meth:`resume` with the epochs run before a restart, keeps the checkpoint of
+    :meth:`kept_epoch` (the best epoch's weights) and calls :meth:`finish` at the end.
+    Used in a plain ``model.fit`` it behaves as Keras' ``EarlyStopping``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="max", restore_best_weights=True, **kwargs)
+        self.hold_end = False
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:  # later fit calls of the same training keep the state
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def on_train_end(self, logs=None):
+        if not self.hold_end:
+            self.finish()
+
+    def finish(self) -> None:
+        """Puts the best epoch's weights back (the end of Keras' ``on_train_end``)."""
+        super().on_train_end()
+
+    def kept_epoch(self) -> int | None:
+        """The epoch whose end-of-epoch weights are the best so far (``None``: none)."""
+        return self.best_epoch if self.best is not None else None
+
+    def resume(self, history: dict, weights_at_epoch) -> bool:
+        """Replays the monitored values of the epochs run before a restart.
+
+        Args:
+            history: ``{key: [value per epoch]}`` of those epochs.
+            weights_at_epoch: ``f(epoch)`` returning the model's weights at the end of
+                ``epoch`` (``None`` when they are no longer kept).
+
+        Returns:
+            ``False`` when the best epoch's weights were lost (both of its checkpoint
+            files unreadable); the best then restarts from the current weights.
+        """
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.on_train_begin()
+        for epoch, current in enumerate(history.get(self.monitor, [])):
+            if epoch < self.start_from_epoch:
+                continue
+            self.wait += 1
+            if self._is_improvement(current, self.best):
+                self.best, self.best_epoch = current, epoch
+                if self.baseline is None or self._is_improvement(current, self.baseline):
+                    self.wait = 0
+            elif self.wait >= self.patience and epoch > 0:
+                self.stopped_epoch = epoch  # killed after it stopped, before it finished
+        if self.best is None:
+            return True
+        self.best_weights = weights_at_epoch(self.best_epoch)
+        if self.best_weights is None:
+            self.best = None
+            return False
+        return True
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` (``mode="max"``) whose counters survive the two ``fit`` calls
+    of a resumed epoch and a worker's restart (the learning rate itself is optimizer
+    state, saved with the checkpoint)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="max", **kwargs)
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def resume(self, history: dict, weights_at_epoch=None) -> bool:
+        """Replays the epochs run before a restart: ``history`` holds the monitored value
+        and the ``learning_rate`` each epoch ended with (before any reduction)."""
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.on_train_begin()
+        rates = history.get("learning_rate", [])
+        for epoch, current in enumerate(history.get(self.monitor, [])):
+            if self.in_cooldown():
+                self.cooldown_counter -= 1
+                self.wait = 0
+            if self._is_improvement(current, self.best):
+                self.best, self.wait = current, 0
+            elif not self.in_cooldown():
+                self.wait += 1
+                if self.wait >= self.patience and epoch < len(rates) and \
+                        rates[epoch] > np.float32(self.min_lr):
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+        return True
 
 
 def training_callbacks(config: MachConfig, sample: ValidationSample | None,
@@ -162,11 +280,9 @@ def training_callbacks(config: MachConfig, sample: ValidationSample | None,
     out = [MergedValidation(config, sample, repetitions, done_repetitions, done_scores)]
     monitor = monitor_name(config)
     if config.early_stopping_patience > 0:
-        out.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", patience=config.early_stopping_patience,
-            restore_best_weights=True, verbose=0))
+        out.append(ResumableEarlyStopping(monitor=monitor,
+                                          patience=config.early_stopping_patience))
     if config.lr_schedule == "plateau":
-        out.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode="max", factor=0.5, patience=2, min_delta=0.0,
-            min_lr=config.learning_rate / 64, verbose=0))
+        out.append(ResumablePlateau(monitor=monitor, factor=0.5, patience=2, min_delta=0.0,
+                                    min_lr=config.learning_rate / 64))
     return out

@@ -84,21 +84,33 @@ class GroupCheckpoint:
             return json.loads(f.read())
 
     def save(self, model, *, epoch: int, step: int, global_step: int, steps_per_epoch: int,
-             history: dict, finished: bool = False) -> dict:
-        """Writes a checkpoint at position ``(epoch, step)`` and makes it the latest."""
+             history: dict, finished: bool = False, end_of: int | None = None,
+             keep_epochs: tuple = ()) -> dict:
+        """Writes a checkpoint at position ``(epoch, step)`` and makes it the latest.
+
+        ``end_of``: the epoch this checkpoint ends (``None`` mid-epoch). ``keep_epochs``:
+        epochs whose end-of-epoch files are kept beyond the latest two (early stopping's
+        best epoch), listed in ``epoch_ends``.
+        """
         tf.io.gfile.makedirs(self.directory)
         old = self.state()
         name = f"ckpt-{global_step:09d}.weights.h5"
         if not (old and old.get("weights") == name):
             model.save_weights(os.path.join(self.directory, name), overwrite=True)
+        previous = old.get("weights") if old and old.get("weights") != name \
+            else (old or {}).get("previous")
+        ends = dict((old or {}).get("epoch_ends", {}))
+        if end_of is not None:
+            ends[str(int(end_of))] = name
+        ends = {e: f for e, f in ends.items()
+                if int(e) in set(keep_epochs) or f in (name, previous)}
         state = {"epoch": int(epoch), "step": int(step), "global_step": int(global_step),
                  "steps_per_epoch": int(steps_per_epoch), "weights": name,
-                 "previous": old.get("weights") if old and old.get("weights") != name
-                 else (old or {}).get("previous"),
+                 "previous": previous, "epoch_ends": ends,
                  "history": history, "finished": bool(finished), "rng": rng_state(model),
                  "saved_at": time.time()}
         write_json_atomic(self.pointer, state)
-        keep = {state["weights"], state["previous"]}
+        keep = {state["weights"], state["previous"], *ends.values()}
         for f in tf.io.gfile.listdir(self.directory):
             if (_FILE.match(f) and f not in keep) or ".tmp-" in f:
                 try:
@@ -148,6 +160,26 @@ class GroupCheckpoint:
                     weights=state["previous"], history=hist, finished=False)
 
 
+    def weights_at_epoch(self, model, state: dict, epoch: int):
+        """The model weights (``get_weights()`` order) at the end of ``epoch`` from the kept
+        file, or ``None`` when it is not kept or unreadable; ``model`` is left holding
+        ``state``'s checkpoint."""
+        name = state.get("epoch_ends", {}).get(str(int(epoch)))
+        if name is None:
+            return None
+        if name == state["weights"]:
+            return model.get_weights()
+        try:
+            model.load_weights(os.path.join(self.directory, name))
+            weights = model.get_weights()
+        except (OSError, ValueError):
+            weights = None
+        model.load_weights(os.path.join(self.directory, state["weights"]))
+        if state.get("rng") is not None:
+            set_rng_state(model, state["rng"])
+        return weights
+
+
 def _checkpoint_callback():
     import keras
 
@@ -156,7 +188,8 @@ def _checkpoint_callback():
 
         def __init__(self, ckpt: GroupCheckpoint, steps_per_epoch: int, every_steps: int,
                      every_seconds: float, global_step: int, epoch_offset_step: int,
-                     history: dict, before_save: Callable[[], None] | None):
+                     history: dict, before_save: Callable[[], None] | None,
+                     stateful: list = ()):
             super().__init__()
             self.ckpt = ckpt
             self.spe = steps_per_epoch
@@ -166,6 +199,7 @@ def _checkpoint_callback():
             self.offset = epoch_offset_step  # batches of the current epoch run before fit
             self.history = history
             self.before_save = before_save
+            self.stateful = list(stateful)  # callbacks whose best epoch's file is kept
             self.epoch = 0
             self.steps_run = 0
             self._last_step = global_step
@@ -174,11 +208,16 @@ def _checkpoint_callback():
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
-        def _save(self, epoch, step):
+        def keep_epochs(self) -> tuple:
+            kept = (getattr(c, "kept_epoch", lambda: None)() for c in self.stateful)
+            return tuple(e for e in kept if e is not None)
+
+        def _save(self, epoch, step, end_of=None):
             if self.before_save is not None:
                 self.before_save()
             self.ckpt.save(self.model, epoch=epoch, step=step, global_step=self.global_step,
-                           steps_per_epoch=self.spe, history=self.history)
+                           steps_per_epoch=self.spe, history=self.history, end_of=end_of,
+                           keep_epochs=self.keep_epochs())
             self._last_step = self.global_step
             self._last_time = time.monotonic()
 
@@ -198,7 +237,7 @@ def _checkpoint_callback():
             self.offset = 0
             for k, v in (logs or {}).items():
                 self.history.setdefault(k, []).append(float(v))
-            self._save(epoch + 1, 0)
+            self._save(epoch + 1, 0, end_of=epoch)
 
     return StepCheckpoint
 
@@ -220,7 +259,13 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
         checkpoint_dir: The group's checkpoint directory.
         callbacks: More Keras callbacks (run in both ``fit`` calls of a resumed epoch),
             run before the checkpoint's: the epoch history it saves holds what they added
-            to the logs (the merged validation metrics).
+            to the logs (the merged validation metrics). Those with a ``resume(history,
+            weights_at_epoch)`` method (merged validation, early stopping, the plateau
+            schedule) get the epochs run before a restart replayed into them, so a resumed
+            group stops and lowers its rate exactly as an uninterrupted one; the
+            checkpoint keeps the file of their ``kept_epoch()`` (the best epoch), and
+            those with ``hold_end`` restore their best weights only when training ends
+            (:meth:`finish`), not at the end of each ``fit``.
         after_checkpoint: Callbacks run after the checkpoint's (progress reports, so a
             reported epoch is a saved one).
         validation_data: Passed to ``fit``.
@@ -247,23 +292,43 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
         epoch, step, global_step = state["epoch"], state["step"], state["global_step"]
         history = {k: list(v) for k, v in state.get("history", {}).items()}
         info["resumed_from"] = {"epoch": epoch, "step": step, "global_step": global_step}
-    if state is not None and state.get("finished"):
+    stateful = [c for c in callbacks if hasattr(c, "resume")]
+    held = [c for c in stateful if hasattr(c, "hold_end")]
+    finished = state is not None and state.get("finished")
+    if state is not None:
+        # (a finished checkpoint already holds the best weights: nothing left to restore)
+        for c in (c for c in stateful if not (finished and c in held)):
+            if not c.resume(history, lambda e: ckpt.weights_at_epoch(model, state, e)):
+                info.setdefault("lost_best_weights", []).append(type(c).__name__)
+    if finished:
         info["optimizer_iterations"] = int(model.optimizer.iterations)
         return history, info
     cb = _checkpoint_callback()(ckpt, steps_per_epoch, every_steps, every_seconds,
-                                global_step, step, history, before_save)
+                                global_step, step, history, before_save, stateful)
     all_callbacks = [*callbacks, cb, *after_checkpoint]
-    if step > 0:  # finish the interrupted epoch first
-        # (each fit starts a new iterator over its dataset, so each gets its own)
-        model.fit(dataset_for_epochs(epoch, step), initial_epoch=epoch, epochs=epoch + 1,
-                  steps_per_epoch=steps_per_epoch - step, validation_data=validation_data,
-                  callbacks=all_callbacks, verbose=verbose, shuffle=False)
-        epoch += 1
-    if epoch < epochs and not model.stop_training:
-        model.fit(dataset_for_epochs(epoch, 0), initial_epoch=epoch, epochs=epochs,
-                  steps_per_epoch=steps_per_epoch,
-                  validation_data=validation_data, callbacks=all_callbacks, verbose=verbose,
-                  shuffle=False)
+    for c in held:
+        c.hold_end = True
+    try:
+        # A group killed after early stopping ended it, before the finished checkpoint,
+        # trains no further.
+        stopped = any(getattr(c, "stopped_epoch", 0) > 0 for c in held)
+        if step > 0 and not stopped:  # finish the interrupted epoch first
+            # (each fit starts a new iterator over its dataset, so each gets its own)
+            model.fit(dataset_for_epochs(epoch, step), initial_epoch=epoch,
+                      epochs=epoch + 1, steps_per_epoch=steps_per_epoch - step,
+                      validation_data=validation_data, callbacks=all_callbacks,
+                      verbose=verbose, shuffle=False)
+            epoch += 1
+        if epoch < epochs and not stopped and not model.stop_training:
+            model.fit(dataset_for_epochs(epoch, 0), initial_epoch=epoch, epochs=epochs,
+                      steps_per_epoch=steps_per_epoch,
+                      validation_data=validation_data, callbacks=all_callbacks,
+                      verbose=verbose, shuffle=False)
+    finally:
+        for c in held:
+            c.hold_end = False
+    for c in held:
+        c.finish()
     ckpt.save(model, epoch=epochs, step=0, global_step=cb.global_step,
               steps_per_epoch=steps_per_epoch, history=history, finished=True)
     info["steps_run"] = cb.steps_run

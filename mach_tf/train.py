@@ -360,6 +360,9 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                            log=log, save=save, checkpoint_every=checkpoint_every,
                            claims=claims, events=events, callbacks=callbacks)
     seconds = time.time() - t0
+    if info.get("lost_best_weights"):
+        log(f"[worker {worker}] repetitions {group}: the best epoch's checkpoint was "
+            f"unreadable; early stopping kept the best of the epochs after the restart")
     if check is not None:
         check()
     for g, (r, single) in enumerate(zip(group, split(model))):

@@ -154,6 +154,120 @@ def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_co
     assert monitor.compute()["group"][metric] == pytest.approx(seen[best], abs=1e-9)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Stands for a worker killed right after global step `step` was checkpointed."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise _Interrupt()
+
+
+def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, tiny_config):
+    """Killed mid-epoch after the best epoch: the rerun stops at the same epoch and keeps
+    the same best weights as an uninterrupted run (best epoch's file kept on disk, the
+    patience counter replayed from the checkpoint's history), not the weights of an
+    epoch after the kill."""
+    from mach_tf.checkpoint import GroupCheckpoint, fit_resumable
+    from mach_tf.group_training import best_epoch_summary
+
+    config = tiny_config.replace(epochs=12, early_stopping_patience=2, learning_rate=0.01,
+                                 dropout=0.0, validation_fraction=0.3, num_repetitions=2,
+                                 hidden_units=[64])
+    reps, forget = [0, 1], 4
+
+    def attempt(ckpt_dir, after=()):
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, reps)
+        setup = setup_group(model, config, reps, tiny_data["train"],
+                            cache_dir=str(tmp_path / "cache"))
+        compile_model(model, config, setup.steps)
+        hist, info = fit_resumable(
+            model, lambda first, skip: epochs_dataset(
+                tiny_data["train"], config, reps, first, skip, setup.steps,
+                record_filter=setup.split.train_filter()),
+            steps_per_epoch=setup.steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
+            callbacks=[_ForgetAfter(forget)] + setup.callbacks, after_checkpoint=after,
+            every_steps=2)
+        return model, setup, hist, info
+
+    ref, ref_setup, ref_hist, _ = attempt(str(tmp_path / "ref"))
+    monitor = monitor_name(config)
+    values = ref_hist[monitor]
+    best = int(np.argmax(values))
+    assert best < forget and len(values) - 1 - best == config.early_stopping_patience
+
+    ckpt_dir = str(tmp_path / "killed")
+    steps = ref_setup.steps
+    kill_at = forget * steps + steps // 2 + 1  # mid-epoch `forget`, after the best epoch
+    with pytest.raises(_Interrupt):
+        attempt(ckpt_dir, after=[_KillAt(kill_at)])
+    state = GroupCheckpoint(ckpt_dir).state()
+    assert (state["epoch"], state["finished"]) == (forget, False)
+    # Two mid-epoch checkpoints came after the best epoch's end; its file is still kept.
+    assert str(best) in state["epoch_ends"]
+    assert state["epoch_ends"][str(best)] not in (state["weights"], state["previous"])
+
+    model, setup, hist, info = attempt(ckpt_dir)
+    assert info["resumed_from"]["global_step"] == state["global_step"] > forget * steps
+    assert "lost_best_weights" not in info
+    assert hist[monitor] == pytest.approx(values, abs=1e-6)  # stopped at the same epoch
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    mv = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
+    assert mv.compute()["group"][config.early_stopping_metric] == pytest.approx(
+        values[best], abs=1e-6)
+    # The completion summary sees every epoch, those before the kill included.
+    assert best_epoch_summary(setup, config) == best_epoch_summary(ref_setup, config)
+    assert best_epoch_summary(setup, config)["best_epoch"] == best + 1
+
+
+def test_plateau_schedule_replays_its_counters_after_a_restart():
+    from mach_tf.callbacks import ResumablePlateau
+
+    values = [0.1, 0.2, 0.2, 0.19, 0.18, 0.3, 0.3, 0.29, 0.28, 0.27, 0.31, 0.3, 0.3, 0.3]
+
+    def model(lr):
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(keras.optimizers.Adam(lr), "mse")
+        return m
+
+    def make():
+        return ResumablePlateau(monitor="m", factor=0.5, patience=2, cooldown=1,
+                                min_lr=0.01 / 8)
+
+    live = make()
+    live.set_model(model(0.01))
+    live.on_train_begin()
+    history, states = {"m": [], "learning_rate": []}, []
+    for e, v in enumerate(values):
+        logs = {"m": v}
+        live.on_epoch_end(e, logs)
+        history["m"].append(v)
+        history["learning_rate"].append(logs["learning_rate"])
+        states.append((live.wait, live.best, live.cooldown_counter,
+                       float(live.model.optimizer.learning_rate)))
+    rates = [s[3] for s in states]
+    assert min(rates) == pytest.approx(0.01 / 8) and len(set(rates)) == 4  # it lowered
+    for k in range(1, len(values)):
+        resumed = make()
+        resumed.set_model(model(states[k - 1][3]))  # the optimizer state of the checkpoint
+        assert resumed.resume({n: h[:k] for n, h in history.items()})
+        resumed.on_train_begin()  # the fit after the restart keeps the replayed state
+        assert (resumed.wait, resumed.best, resumed.cooldown_counter) == states[k - 1][:3]
+        for e in range(k, len(values)):
+            resumed.on_epoch_end(e, {"m": values[e]})
+            assert float(resumed.model.optimizer.learning_rate) == pytest.approx(states[e][3])
+
+
 def test_no_validation_means_no_callbacks(tiny_config):
     assert training_callbacks(tiny_config, None, [0]) == []
 
@@ -161,11 +275,13 @@ def test_no_validation_means_no_callbacks(tiny_config):
 def test_plateau_schedule_lowers_the_rate(tiny_config, tiny_data):
     config = tiny_config.replace(lr_schedule="plateau", early_stopping_patience=0)
     sample = load_sample(data_split(config, tiny_data["train"]), 40)
-    names = [type(c).__name__ for c in training_callbacks(config, sample, [0])]
-    assert names == ["MergedValidation", "ReduceLROnPlateau"]
-    names = [type(c).__name__ for c in training_callbacks(
+    kinds = [type(c) for c in training_callbacks(config, sample, [0])]
+    assert kinds[0] is MergedValidation and issubclass(kinds[1],
+                                                       keras.callbacks.ReduceLROnPlateau)
+    kinds = [type(c) for c in training_callbacks(
         config.replace(lr_schedule="constant", early_stopping_patience=3), sample, [0])]
-    assert names == ["MergedValidation", "EarlyStopping"]
+    assert kinds[0] is MergedValidation and issubclass(kinds[1],
+                                                       keras.callbacks.EarlyStopping)
 
 
 def test_run_records_split_and_best_epoch(tiny_run):

@@ -52,17 +52,33 @@ def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.
 
 
 def completed_scores(run: str, config: MachConfig, sample: ValidationSample,
-                     exclude: Sequence[int] = ()) -> tuple[list[int], np.ndarray | None]:
+                     exclude: Sequence[int] = (), cache: dict | None = None
+                     ) -> tuple[list[int], np.ndarray | None]:
     """``(repetitions, scores [n, R_done, B])`` of the run's complete repetitions (other
-    than ``exclude``) on ``sample``; ``([], None)`` when none is complete yet."""
+    than ``exclude``) on ``sample``; ``([], None)`` when none is complete yet.
+
+    ``cache``: a dict kept by the caller across the groups of one worker (same run, same
+    sample): each complete repetition is loaded and scored once, not once per later group.
+    """
     from mach_tf import rundir
 
     done = [r for r in range(config.num_repetitions)
             if r not in set(exclude) and rundir.is_complete(run, r)]
     if not done:
         return [], None
-    _, stacked = rundir.load_all(run, done)
-    return done, bucket_scores_of(stacked, config, sample)
+    cache = {} if cache is None else cache
+    key = (run, sample.num_examples, hash(tuple(tuple(y) for y in sample.labels)))
+    if cache.get("key") != key:
+        cache.clear()
+        cache["key"] = key
+    scores = cache.setdefault("scores", {})
+    missing = [r for r in done if r not in scores]
+    if missing:
+        _, stacked = rundir.load_all(run, missing)
+        fresh = bucket_scores_of(stacked, config, sample)
+        for i, r in enumerate(missing):
+            scores[r] = fresh[:, i]
+    return done, np.stack([scores[r] for r in done], axis=1)
 
 
 class MergedValidation(keras.callbacks.Callback):

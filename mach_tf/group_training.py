@@ -37,7 +37,8 @@ class GroupSetup:
 
 def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: str,
                 valid: str | None = None, run: str | None = None,
-                cache_dir: str | None = None, featurizer=None) -> GroupSetup:
+                cache_dir: str | None = None, featurizer=None,
+                scores_cache: dict | None = None) -> GroupSetup:
     """Prepares the training of ``model`` (holding ``repetitions``) and sets its feature
     weights.
 
@@ -51,6 +52,9 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             the split is recorded there. ``None`` for a model trained alone (the tuner).
         cache_dir: Where the feature weights are kept (default ``run``).
         featurizer: The run's :class:`mach_tf.text.TextFeaturizer` for text data.
+        scores_cache: A dict a worker keeps across its groups, so each complete
+            repetition is scored on the validation sample once
+            (:func:`mach_tf.callbacks.completed_scores`).
 
     Returns:
         A :class:`GroupSetup`.
@@ -71,7 +75,8 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
     if run is not None:
         record_split(run, split, sample)
         if sample is not None:
-            done, done_scores = completed_scores(run, config, sample, exclude=repetitions)
+            done, done_scores = completed_scores(run, config, sample, exclude=repetitions,
+                                                 cache=scores_cache)
     steps = steps_per_epoch(split, config.batch_size)
     callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
     return GroupSetup(split, sample, steps, callbacks, done)

@@ -277,7 +277,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
                 log: Log = _stderr, *, save: Sequence[int] | None = None,
                 checkpoint_every: int = 0, claims=None, events: Events | None = None,
-                callbacks: Sequence = ()) -> dict:
+                callbacks: Sequence = (), scores_cache: dict | None = None) -> dict:
     """Trains one group of repetitions with ``model.fit`` and saves each repetition.
 
     The group resumes from its step checkpoint in ``RUN/work/group-.../checkpoint`` when
@@ -293,6 +293,8 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         events: Receives progress events (dicts).
         callbacks: More Keras callbacks for the group's ``fit``, run after the reporting
             ones (e.g. a step timer; see ``benchmarks/train_speed.py``).
+        scores_cache: Kept by the worker across its groups: the validation scores of
+            the run's complete repetitions (see :func:`mach_tf.callbacks.completed_scores`).
 
     Returns:
         The per-epoch history of the group.
@@ -322,7 +324,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
 
     with located_read_errors(train, valid):  # reads the validation sample (and idf)
         setup = setup_group(model, config, group, train, valid, run=run,
-                            featurizer=featurizer)
+                            featurizer=featurizer, scores_cache=scores_cache)
     steps = setup.steps
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
@@ -358,7 +360,8 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         tf.io.gfile.rmtree(ckpt_dir)
         return train_group(run, config, group, train, valid, worker=worker, verbose=verbose,
                            log=log, save=save, checkpoint_every=checkpoint_every,
-                           claims=claims, events=events, callbacks=callbacks)
+                           claims=claims, events=events, callbacks=callbacks,
+                           scores_cache=scores_cache)
     seconds = time.time() - t0
     if info.get("lost_best_weights"):
         log(f"[worker {worker}] repetitions {group}: the best epoch's checkpoint was "
@@ -481,6 +484,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
         log(f"{tag} repetitions {report.skipped} already complete: skipped")
     owner = claims_lib.Owner.this_process(index)
     pending = plan_groups(run, mine, todo, config.group_size)
+    scores_cache: dict = {}  # complete repetitions' validation scores, across groups
     waiting: set = set()  # groups whose holders were already named in the log
     while pending:
         deferred = []
@@ -519,7 +523,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
                     train_group(run, config, group, train, valid, worker=index,
                                 verbose=verbose, log=log, save=left,
                                 checkpoint_every=checkpoint_every, claims=held, events=events,
-                                callbacks=callbacks)
+                                callbacks=callbacks, scores_cache=scores_cache)
                 except (NonFiniteLossError, claims_lib.ClaimLost) as e:
                     for r in left:
                         report.failed[r] = str(e)

@@ -109,6 +109,32 @@ def test_merged_metric_merges_group_with_completed_repetitions(tiny_run, tiny_da
     assert monitor_name(config) == "group_merged_" + config.early_stopping_metric
 
 
+def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_data,
+                                                                tiny_config, monkeypatch):
+    config = tiny_config
+    sample = load_sample(data_split(config, tiny_data["train"]), 120)
+    loaded = []
+    real = rundir.load_all
+
+    def counting(run, reps=None):
+        loaded.append(list(reps))
+        return real(run, reps)
+
+    monkeypatch.setattr(rundir, "load_all", counting)
+    cache = {}
+    first = completed_scores(tiny_run, config, sample, exclude=[2, 3], cache=cache)
+    second = completed_scores(tiny_run, config, sample, exclude=[3], cache=cache)
+    assert loaded == [[0, 1], [2]]  # a later group loads only the newly complete one
+    plain = completed_scores(tiny_run, config, sample, exclude=[3])
+    assert second[0] == plain[0] == [0, 1, 2] and first[0] == [0, 1]
+    np.testing.assert_array_equal(second[1], plain[1])
+    np.testing.assert_array_equal(first[1], plain[1][:, :2])
+    # Another sample (another run, split or budget) starts the cache afresh.
+    other = load_sample(data_split(config, tiny_data["train"]), 60)
+    completed_scores(tiny_run, config, other, exclude=[3], cache=cache)
+    assert loaded[-1] == [0, 1, 2]
+
+
 class _ForgetAfter(keras.callbacks.Callback):
     """From epoch `start` on, zero the bucket layer before the merged validation runs.
 

@@ -140,7 +140,7 @@ def _write_replace(path: str, record: dict) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def _create_exclusive(path: str, record: dict) -> bool:
+def create_exclusive(path: str, record: dict) -> bool:
     """Creates ``path`` holding ``record`` unless it exists; True when this call created it.
 
     The content is complete before the name appears: written to a temporary file, then
@@ -272,7 +272,7 @@ def try_acquire(rep_dir: str, owner: Owner, lease_s: float = DEFAULT_LEASE_S) ->
             took_over = {"owner": previous.get("owner"), "generation": gens[-1],
                          "heartbeat_at": previous.get("heartbeat_at")}
         claim = Claim(rep_dir, gen, owner, float(lease_s), time.time(), took_over)
-        if _create_exclusive(claim.path, claim.record()):
+        if create_exclusive(claim.path, claim.record()):
             return claim
     return None
 

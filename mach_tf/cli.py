@@ -376,6 +376,15 @@ def cmd_train(a) -> dict:
             raise RuntimeError(f"repetitions {sorted(report.failed)} failed: "
                                f"{next(iter(report.failed.values()))}")
         out = report.to_dict()
+        if not a.report_json:  # a launcher's own workers leave the summary to it
+            from mach_tf import rundir
+
+            written = train_lib.summarize_if_complete(
+                a.model_dir, config or rundir.load_config(a.model_dir), report.worker_index,
+                _log)
+            if written and written["final"]:
+                out["final_validation"] = {k: round(v, 4) for k, v in
+                                           written["final"].items()}
     else:
         out = train_lib.train(a.model_dir, a.train, a.valid, config, workers=a.workers,
                               threads=a.threads, verbose=a.verbose_fit, log=_log, **extra)

@@ -715,6 +715,40 @@ def run_summary(run: str, config: MachConfig, reports: list[dict], seconds: floa
     return out
 
 
+#: Created (exclusively) by the one scheduler-started worker that writes the run summary.
+SUMMARY_MARKER = "summary-writer.json"
+
+
+def summarize_if_complete(run: str, config: MachConfig, worker: int,
+                          log: Log = _stderr) -> dict | None:
+    """Scheduler mode, where no driver outlives the workers: the first worker to find
+    every repetition complete writes the run's final merged validation and HParams
+    session (:func:`mach_tf.summaries.write_run_summary`), once per run.
+
+    Returns:
+        What was written, or ``None`` (run not complete, or another worker writes it).
+    """
+    from mach_tf import claims as claims_lib
+    from mach_tf.summaries import merged_logdir, write_run_summary
+
+    if not all(rundir.is_complete(run, r) for r in range(config.num_repetitions)):
+        return None
+    owner = claims_lib.Owner.this_process(worker)
+    marker = os.path.join(merged_logdir(run), SUMMARY_MARKER)
+    if not claims_lib.create_exclusive(marker, {"worker": worker, "owner": vars(owner),
+                                                "at": time.time()}):
+        return None
+    try:
+        written = write_run_summary(run, config)
+    except Exception as e:  # noqa: BLE001 - the models are trained; report, do not fail
+        log(f"[worker {worker}] TensorBoard: final summary not written "
+            f"({type(e).__name__}: {e})")
+        return None
+    log(f"[worker {worker}] every repetition is complete: wrote the run's final merged "
+        f"validation and HParams session to {written['logdir']}")
+    return written
+
+
 def _summary(run: str, config: MachConfig, reports: list[dict], seconds: float) -> dict:
     trained = sorted(r for rep in reports for r in rep.get("trained", []))
     skipped = sorted(r for rep in reports for r in rep.get("skipped", []))

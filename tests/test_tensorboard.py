@@ -207,3 +207,39 @@ def test_summaries_need_no_validation(tmp_path, tiny_data, tiny_config):
     merged = scalars(os.path.join(run, "logs", "merged"))
     assert set(merged) == {"final/train_seconds"}
     assert np.isfinite(tags["train/loss"][1])
+
+
+def test_scheduler_workers_write_the_run_summary_once(tmp_path, tiny_data, tiny_config):
+    """Workers started by a scheduler (here a Slurm array index) have no driver to write
+    the run's final metrics and HParams session: the worker that completes the run does,
+    exactly once."""
+    from conftest import run_cli
+
+    from mach_tf.train import SUMMARY_MARKER, summarize_if_complete, train_worker
+
+    run = str(tmp_path / "run")
+    config = tiny_config.replace(num_repetitions=2, group_size=1, epochs=1)
+    rundir.ensure_config(run, config)
+    logdir = os.path.join(run, "logs", "merged")
+    train_worker(run, tiny_data["train"], None, config, 0, 2, verbose=0, log=lambda m: None)
+    assert summarize_if_complete(run, config, 0, log=lambda m: None) is None  # 1 of 2 done
+    assert not tf.io.gfile.exists(os.path.join(logdir, SUMMARY_MARKER))
+    done = run_cli("train", "--train", tiny_data["train"], "--model-dir", run,
+                   "--num-workers", "2", "--json", env={"SLURM_ARRAY_TASK_ID": "1",
+                                              "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])  # --json: the last stdout line
+    assert out["trained"] == [1] and "final_validation" in out
+    assert "wrote the run's final merged validation" in done.stderr
+    final = final_validation(run)
+    R = config.num_repetitions
+    merged = scalars(logdir)
+    assert merged["final/p@1"] == {R: pytest.approx(final["p@1"], abs=1e-6)}
+    assert out["final_validation"]["p@1"] == pytest.approx(final["p@1"], abs=1e-4)
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    assert hp_metadata.SESSION_START_INFO_TAG in acc.PluginTagToContent(
+        hp_metadata.PLUGIN_NAME)
+    # Any later worker (a retried task, a rerun) leaves it alone.
+    assert summarize_if_complete(run, config, 0, log=lambda m: None) is None
+    assert scalars(logdir) == merged

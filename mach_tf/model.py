@@ -9,6 +9,8 @@ group (:func:`stack`) for fast merged inference.
 
 from __future__ import annotations
 
+import collections
+
 from typing import Sequence
 
 import keras
@@ -222,9 +224,11 @@ class BucketLoss(keras.losses.Loss):
     def __init__(self, kind="softmax", name="bucket_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.kind = kind
+        self.step_cache = None  # set by compile_model: shares the per-repetition losses
 
     def call(self, y_true, y_pred):
-        return bucket_loss(y_true, y_pred, self.kind)
+        return tf.reduce_sum(_cached(self.step_cache, y_pred, "loss", lambda: (
+            repetition_losses(y_true, y_pred, self.kind))), axis=-1)
 
     def get_config(self):
         config = super().get_config()
@@ -232,8 +236,40 @@ class BucketLoss(keras.losses.Loss):
         return config
 
 
-def bucket_loss(y_true, logits, kind="softmax"):
-    """Per-example loss ``[batch]`` (see :class:`BucketLoss`)."""
+class StepCache:
+    """What one training step's loss and metrics share, computed once per step.
+
+    A group model's loss, its per-repetition losses and its bucket accuracies all read
+    the same ``[batch, G, B]`` logits; computed separately they re-read them about three
+    times (log-sum-exp per repetition, arg-max per repetition and overall). The loss and
+    the metrics :func:`compile_model` creates share one cache: the first to see a step's
+    logits tensor computes a value, the others reuse it. Keyed by the logits tensor's
+    identity, so a new step (or a new trace) recomputes.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._values = {}
+        self.requested = collections.Counter()  # by name: values asked for ...
+        self.computed = collections.Counter()  # ... and those computed (not reused)
+
+    def get(self, logits, name, compute):
+        self.requested[name] += 1
+        key = logits.ref() if hasattr(logits, "ref") else None
+        if key is None or key != self._key:
+            self._key, self._values = key, {}
+        if name not in self._values:
+            self._values[name] = compute()
+            self.computed[name] += 1
+        return self._values[name]
+
+
+def _cached(cache, logits, name, compute):
+    return compute() if cache is None else cache.get(logits, name, compute)
+
+
+def repetition_losses(y_true, logits, kind="softmax"):
+    """Per-example, per-repetition loss ``[batch, G]`` (see :class:`BucketLoss`)."""
     y_true = tf.cast(y_true, tf.int32)
     logits = tf.cast(logits, tf.float32)
     valid = y_true >= 0
@@ -253,7 +289,12 @@ def bucket_loss(y_true, logits, kind="softmax"):
             tf.nn.sigmoid_cross_entropy_with_logits(labels=multi_hot, logits=logits), -1)
     else:
         raise ValueError(f"unknown loss kind {kind!r}")
-    return tf.reduce_sum(per, axis=-1)
+    return per
+
+
+def bucket_loss(y_true, logits, kind="softmax"):
+    """Per-example loss ``[batch]``, summed over the group (see :class:`BucketLoss`)."""
+    return tf.reduce_sum(repetition_losses(y_true, logits, kind), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="mach_tf")
@@ -267,17 +308,20 @@ class BucketAccuracy(keras.metrics.Metric):
     def __init__(self, index=None, name="bucket_acc", **kwargs):
         super().__init__(name=name, **kwargs)
         self.index = index
+        self.step_cache = None  # set by compile_model
         self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.cast(y_true, tf.int32)
+        def per_repetition():  # hit and has-a-label flags [batch, G], all repetitions
+            labels = tf.cast(y_true, tf.int32)
+            top = tf.argmax(y_pred, axis=-1, output_type=tf.int32)[..., None]
+            return (tf.reduce_any(tf.equal(labels, top), axis=-1),
+                    tf.reduce_any(labels >= 0, axis=-1))
+
+        hit, has = _cached(self.step_cache, y_pred, "hits", per_repetition)
         if self.index is not None:
-            y_true = y_true[:, self.index:self.index + 1]
-            y_pred = y_pred[:, self.index:self.index + 1]
-        top = tf.argmax(y_pred, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
-        hit = tf.reduce_any(tf.equal(y_true, top), axis=-1)
-        has = tf.reduce_any(y_true >= 0, axis=-1)
+            hit, has = hit[:, self.index], has[:, self.index]
         self.hits.assign_add(tf.reduce_sum(tf.cast(hit & has, tf.float32)))
         self.total.assign_add(tf.reduce_sum(tf.cast(has, tf.float32)))
 
@@ -308,11 +352,16 @@ class RepetitionLoss(keras.metrics.Mean):
         super().__init__(name=name, **kwargs)
         self.index = index
         self.kind = kind
+        self.step_cache = None  # set by compile_model: the loss's own values are reused
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         g = self.index
-        return super().update_state(
-            bucket_loss(y_true[:, g:g + 1], y_pred[:, g:g + 1], self.kind), sample_weight)
+        if self.step_cache is None:
+            per = bucket_loss(y_true[:, g:g + 1], y_pred[:, g:g + 1], self.kind)
+        else:
+            per = self.step_cache.get(y_pred, "loss", lambda: repetition_losses(
+                y_true, y_pred, self.kind))[:, g]
+        return super().update_state(per, sample_weight)
 
     def get_config(self):
         config = super().get_config()
@@ -366,6 +415,10 @@ def compile_model(model: MachModel, config: MachConfig, steps_per_epoch: int | N
                     for g, r in enumerate(model.repetitions)]
         metrics += [RepetitionLoss(g, config.loss, name=f"rep_{r:03d}_loss")
                     for g, r in enumerate(model.repetitions)]
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
-                  loss=BucketLoss(config.loss), metrics=metrics, jit_compile=False)
+    loss = BucketLoss(config.loss)
+    cache = StepCache()  # one log-sum-exp and one arg-max per step for loss and metrics
+    for obj in (loss, *metrics):
+        obj.step_cache = cache
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=loss,
+                  metrics=metrics, jit_compile=False)
     return model

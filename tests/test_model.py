@@ -146,6 +146,48 @@ def test_grouped_training_equals_separate_training(config):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_group_metrics_share_one_loss_and_argmax_per_step(config):
+    """The compiled loss and the per-repetition metrics read one cached log-sum-exp and
+    arg-max per step, and report what computing each separately gives."""
+    from mach_tf.model import RepetitionLoss
+
+    rng = np.random.default_rng(5)
+    x = sparse_batch(rng, batch=32)
+    labels = tf.ragged.constant([[int(v) for v in rng.integers(0, 50, rng.integers(0, 3))]
+                                 for _ in range(32)], tf.int64)
+    y = bucket_targets(labels, config, [0, 1, 2])
+    model = compile_model(build_model(config, [0, 1, 2]), config)
+    cache = model.loss.step_cache
+    assert cache is not None
+    got = model.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    # Each traced step computes the loss once (for the compiled loss and the 3 repetition
+    # losses) and the arg-max once (for the overall and the 3 repetition accuracies).
+    def shared():
+        n = cache.computed["loss"]
+        return n >= 1 and cache.computed == {"loss": n, "hits": n} and \
+            cache.requested == {"loss": 4 * n, "hits": 4 * n}
+
+    assert shared()
+    logits = model(x, training=False)
+    want_loss = float(tf.reduce_mean(bucket_loss(y, logits)))
+    assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
+    top = np.argmax(logits.numpy(), axis=-1)
+    yn = y.numpy()
+    has = (yn >= 0).any(-1)
+    hit = (yn == top[..., None]).any(-1) & has
+    assert got["bucket_acc"] == pytest.approx(hit.sum() / has.sum(), rel=1e-6)
+    for g, r in enumerate(model.repetitions):
+        alone = RepetitionLoss(g, config.loss)  # no cache: its own computation
+        alone.update_state(y, logits)
+        assert got[f"rep_{r:03d}_loss"] == pytest.approx(float(alone.result()), rel=1e-5)
+        assert got[f"rep_{r:03d}_acc"] == pytest.approx(hit[:, g].sum() / has[:, g].sum(),
+                                                         rel=1e-6)
+    # training: the same sharing in the train step (loss inside the tape, metrics after)
+    before = cache.computed["loss"]
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert cache.computed["loss"] > before and shared()
+
+
 def test_bucket_targets_hash_labels(config):
     labels = tf.ragged.constant([[3, 7], [], [11]], tf.int64)
     y = bucket_targets(labels, config, [2, 0]).numpy()

@@ -253,8 +253,6 @@ def _mostly(usual, edge, odds: int = 5):
     return st.one_of(*([usual] * odds), edge)
 
 
-
-
 def _with_char(tokens):
     """A token with one character put in somewhere (a typo, a stray byte)."""
     return st.builds(lambda tok, i, ch: tok[:i % (len(tok) + 1)] + ch + tok[i % (len(tok) + 1):],

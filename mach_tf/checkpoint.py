@@ -159,7 +159,6 @@ class GroupCheckpoint:
         return dict(state, epoch=g // spe, step=g % spe, global_step=g,
                     weights=state["previous"], history=hist, finished=False)
 
-
     def weights_at_epoch(self, model, state: dict, epoch: int):
         """The model weights (``get_weights()`` order) at the end of ``epoch`` from the kept
         file, or ``None`` when it is not kept or unreadable; ``model`` is left holding

@@ -31,11 +31,11 @@ from mach_tf import train as train_lib
 from mach_tf.config import MachConfig
 
 
-
 def _encoded_size(obj) -> int:
     """Bytes of ``obj`` as JSON: the size of what crosses between driver and workers (Ray's
     own transport encoding differs by a small constant factor)."""
     return len(json.dumps(obj, default=str).encode())
+
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

@@ -138,7 +138,7 @@ def load_sample(split: DataSplit, max_examples: int, batch_size: int = 256,
         return None
     batches, n = [], 0
     for inputs, labels in evaluation_dataset(split.valid, batch_size, featurizer,
-                                              record_filter=split.valid_filter()):
+                                             record_filter=split.valid_filter()):
         take = min(len(labels.row_lengths()), max_examples - n)
         batches.append(({k: v.numpy()[:take] for k, v in inputs.items()},
                         labels.to_list()[:take]))

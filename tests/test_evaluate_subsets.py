@@ -47,7 +47,7 @@ def test_all_repetitions_is_the_default(tiny_run, tiny_data):
 
 
 def test_repetitions_out_of_range_or_for_an_export_are_refused(tiny_run, tiny_data,
-                                                                tiny_export):
+                                                               tiny_export):
     config = rundir.load_config(tiny_run)
     for bad in (0, config.num_repetitions + 1):
         with pytest.raises(ValueError, match=f"has {config.num_repetitions} repetitions"):

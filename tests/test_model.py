@@ -162,6 +162,7 @@ def test_group_metrics_share_one_loss_and_argmax_per_step(config):
     got = model.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
     # Each traced step computes the loss once (for the compiled loss and the 3 repetition
     # losses) and the arg-max once (for the overall and the 3 repetition accuracies).
+
     def shared():
         n = cache.computed["loss"]
         return n >= 1 and cache.computed == {"loss": n, "hits": n} and \
@@ -180,8 +181,8 @@ def test_group_metrics_share_one_loss_and_argmax_per_step(config):
         alone = RepetitionLoss(g, config.loss)  # no cache: its own computation
         alone.update_state(y, logits)
         assert got[f"rep_{r:03d}_loss"] == pytest.approx(float(alone.result()), rel=1e-5)
-        assert got[f"rep_{r:03d}_acc"] == pytest.approx(hit[:, g].sum() / has[:, g].sum(),
-                                                         rel=1e-6)
+        assert got[f"rep_{r:03d}_acc"] == pytest.approx(
+            hit[:, g].sum() / has[:, g].sum(), rel=1e-6)
     # training: the same sharing in the train step (loss inside the tape, metrics after)
     before = cache.computed["loss"]
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)

@@ -64,8 +64,8 @@ def test_empty_training_data_is_refused(tmp_path, tiny_config):
     src = tmp_path / "empty.txt"
     src.write_text("0 300 60\n")
     convert(str(src), str(tmp_path / "empty"))
-    with pytest.raises(rundir.RunDirError, match="empty.manifest.json: training data has no "
-                                                  "examples"):
+    with pytest.raises(rundir.RunDirError,
+                       match="empty.manifest.json: training data has no examples"):
         train_worker(str(tmp_path / "run"), str(tmp_path / "empty"), None, tiny_config, 0, 1,
                      verbose=0, log=quiet)
 
@@ -213,7 +213,7 @@ def test_leftovers_of_a_killed_writer_are_never_taken_for_complete(tmp_path, tin
 
 
 def test_unreadable_checkpoint_restarts_the_group(tmp_path, tiny_data, tiny_config,
-                                                   monkeypatch):
+                                                  monkeypatch):
     """A crash that tears every checkpoint file must not fail each rerun: the rerun reports
     it and trains the group from the start."""
     import mach_tf.train as train_lib

@@ -225,8 +225,8 @@ def test_scheduler_workers_write_the_run_summary_once(tmp_path, tiny_data, tiny_
     assert summarize_if_complete(run, config, 0, log=lambda m: None) is None  # 1 of 2 done
     assert not tf.io.gfile.exists(os.path.join(logdir, SUMMARY_MARKER))
     done = run_cli("train", "--train", tiny_data["train"], "--model-dir", run,
-                   "--num-workers", "2", "--json", env={"SLURM_ARRAY_TASK_ID": "1",
-                                              "TF_CPP_MIN_LOG_LEVEL": "2"})
+                   "--num-workers", "2", "--json",
+                   env={"SLURM_ARRAY_TASK_ID": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.splitlines()[-1])  # --json: the last stdout line
     assert out["trained"] == [1] and "final_validation" in out

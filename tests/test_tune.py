@@ -81,7 +81,7 @@ def test_best_config_trains_with_cli_and_reproduces_the_score(tuned, tmp_path, t
     # (Measured equal; the tolerance is one of the 160 validation points, should another
     # machine's thread count change a float reduction's order.)
     assert marker["merged_validation"]["p@1"] == pytest.approx(summary["best_score"],
-                                                                abs=0.007)
+                                                               abs=0.007)
 
 
 def test_unknown_lever_is_refused(tiny_data, tiny_config, tmp_path):

@@ -90,7 +90,7 @@ def test_merged_metric_merges_group_with_completed_repetitions(tiny_run, tiny_da
     # model holds repetitions 2 and 3.
     done, done_scores = completed_scores(tiny_run, config, sample, exclude=[2, 3])
     assert done == [0, 1] and done_scores.shape == (sample.num_examples, 2,
-                                                     config.num_buckets)
+                                                    config.num_buckets)
     group = build_model(config, [2, 3])
     cb = MergedValidation(config, sample, [2, 3], done, done_scores)
     cb.set_model(group)

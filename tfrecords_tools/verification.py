@@ -248,4 +248,3 @@ def located_read_errors(*data):
         if not _PARSE_FAULT.search(str(e)):
             raise
         raise locate(list(data), e) from None
-

@@ -25,16 +25,14 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import shutil
-import sys
-import tempfile
 import time
 
 import numpy as np
 
 from benchmarks.step_timing import StepTimer, steady_seconds
+from benchmarks import common
 
 
 def parse_args(argv=None):
@@ -54,8 +52,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[grouping] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "grouping")
 
 
 def main(argv=None) -> dict:
@@ -70,8 +67,7 @@ def main(argv=None) -> dict:
     from tfrecords_tools.convert import write_examples
 
     groups = [int(g) for g in args.groups.split(",")]
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-grouping-")
-    try:
+    with common.workdir(args.workdir, "mach-grouping-") as workdir:
         t0 = time.time()
         spec = SyntheticSpec(num_labels=args.classes, num_features=args.features,
                              seed=args.seed)
@@ -110,14 +106,8 @@ def main(argv=None) -> dict:
                "hidden_units": config.hidden_units, "buckets": config.num_buckets,
                "batch_size": args.batch_size, "dropout": config.dropout,
                "optimizer": config.optimizer, "points": args.points, "steps": args.steps,
-               "rounds": args.rounds, "groups": per, "best_group_size": fastest,
-               "load_average": [round(x, 2) for x in os.getloadavg()],
-               "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(out))
-        return out
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+               "rounds": args.rounds, "groups": per, "best_group_size": fastest}
+        return common.emit(out, t0)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import shutil
-import sys
-import tempfile
 import time
+
+from benchmarks import common
 
 
 def parse_args(argv=None):
@@ -45,8 +44,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[pipeline] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "pipeline")
 
 
 def examples_per_second(ds, batch_size: int, max_batches: int | None = None) -> float:
@@ -75,8 +73,7 @@ def main(argv=None) -> dict:
     from tfrecords_tools.convert import write_examples
     from tfrecords_tools.dataset import make_dataset
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-pipeline-")
-    try:
+    with common.workdir(args.workdir, "mach-pipeline-") as workdir:
         t0 = time.time()
         spec = SyntheticSpec(num_labels=args.classes, num_features=args.features,
                              seed=args.seed)
@@ -116,13 +113,7 @@ def main(argv=None) -> dict:
                                                  / config.num_repetitions)
         for key in ("reader", "reader_gzip", "pipeline", "pipeline_gzip"):
             out[f"{key}_over_train"] = round(out[f"{key}_eps"] / train_eps, 2)
-        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        out["seconds"] = round(time.time() - t0, 1)
-        print(json.dumps(out))
-        return out
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return common.emit(out, t0)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+
+from benchmarks import common
 
 
 def parse_args(argv=None):
@@ -52,8 +54,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[scale] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "scale")
 
 
 def _run(cmd, env=None) -> tuple[float, float, str]:
@@ -148,8 +149,7 @@ def main(argv=None) -> dict:
         res["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return res
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-scale-")
-    try:
+    with common.workdir(args.workdir, "mach-scale-") as workdir:
         t0 = time.time()
         stages = {}
         run = os.path.join(workdir, "run")
@@ -187,14 +187,8 @@ def main(argv=None) -> dict:
                "serve": {k: v for k, v in serve.items() if not k.startswith("_")},
                "p@1": round(evaluation.get("p@1", float("nan")), 4),
                "p@5": round(evaluation.get("p@5", float("nan")), 4),
-               "train_complete": train.get("complete"), "export_path": export.get("path"),
-               "load_average": [round(x, 2) for x in os.getloadavg()],
-               "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(out))
-        return out
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+               "train_complete": train.get("complete"), "export_path": export.get("path")}
+        return common.emit(out, t0)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
+
+from benchmarks import common
 
 
 def _log(msg: str) -> None:
@@ -69,9 +70,7 @@ def run_benchmark(workers=(1, 2), num_labels=2000, num_features=5000, num_train=
     from mach_tf.synthetic import SyntheticSpec, write_split
     from tfrecords_tools.convert import convert
 
-    own = workdir is None
-    workdir = workdir or tempfile.mkdtemp(prefix="mach-scale-out-")
-    try:
+    with common.workdir(workdir, "mach-scale-out-") as workdir:
         spec = SyntheticSpec(num_labels=num_labels, num_features=num_features, seed=0)
         train_txt, _ = write_split(os.path.join(workdir, "data"), spec, num_train, 10)
         prefix = os.path.join(workdir, "data", "tfr", "train")
@@ -150,9 +149,6 @@ def run_benchmark(workers=(1, 2), num_labels=2000, num_features=5000, num_train=
                          "load_average_1min_before_after": [load_before,
                                                             round(os.getloadavg()[0], 2)]},
         }
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv=None) -> int:

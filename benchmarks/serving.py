@@ -23,17 +23,18 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import common
 
 BATCH = 64
 
@@ -63,8 +64,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[serving] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "serving")
 
 
 def make_data(args, workdir):
@@ -141,15 +141,13 @@ def run(args) -> dict:
         raise SystemExit("--queries must be >= 1000 (the agreement needs that many)")
     m = args.candidate_buckets or DEFAULT_CANDIDATE_BUCKETS
     t_start = time.time()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-serving-bench-")
-    os.makedirs(workdir, exist_ok=True)
     result = {"classes": args.classes, "repetitions": args.repetitions,
               "buckets": args.buckets, "hidden": args.hidden, "features": args.features,
               "train_points": args.train_points, "epochs": args.epochs,
               "candidate_buckets": m, "top_k": args.top_k, "queries": args.queries,
               "latency_queries": args.latency_queries, "seed": args.seed,
               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__}
-    try:
+    with common.workdir(args.workdir, "mach-serving-bench-") as workdir:
         t0 = time.time()
         prefix, queries = make_data(args, workdir)
         result["data_seconds"] = round(time.time() - t0, 1)
@@ -286,9 +284,6 @@ def run(args) -> dict:
             by_m[str(mm)] = round(float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k
                                                  for a, b in zip(exact_ids, got)])), 4)
         result["top5_agreement_by_m"] = by_m
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
     result["bench_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
     result["total_seconds"] = round(time.time() - t_start, 1)

@@ -26,13 +26,13 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import sys
 import time
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.step_timing import (dense_flops_per_step, fit_step_seconds,
                                     matmul_peak_gflops, synthetic_batch)
 
@@ -52,8 +52,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[step_profile] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "step_profile")
 
 
 def _median_ms(f, repeats: int = 20) -> float:
@@ -179,11 +178,8 @@ def main(argv=None) -> dict:
            "dense_gflop_per_step": round(flops / 1e9, 3),
            "flop_efficiency": round(flops / fit_s / 1e9 / peak, 3),
            "gemm_efficiency": round(flops / (parts["gemm_ms"] / 1000) / 1e9 / peak, 3),
-           "gemm_share": round(parts["gemm_ms"] / (1000 * fit_s), 3),
-           "load_average": [round(x, 2) for x in os.getloadavg()],
-           "seconds": round(time.time() - t0, 1)}
-    print(json.dumps(out))
-    return out
+           "gemm_share": round(parts["gemm_ms"] / (1000 * fit_s), 3)}
+    return common.emit(out, t0)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,16 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import common
 
 BATCH = 64
 
@@ -64,8 +65,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[text] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "text")
 
 
 def make_data(args, workdir) -> dict:
@@ -219,10 +219,8 @@ def pipeline(args, run, data, workdir) -> dict:
 
 
 def run(args) -> dict:
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-text-bench-")
-    os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    try:
+    with common.workdir(args.workdir, "mach-text-bench-") as workdir:
         data = make_data(args, workdir)
         _say(args, f"data in {workdir}")
         runs = [train_and_evaluate(args, data, workdir, c) for c in args.char_ngrams]
@@ -231,9 +229,6 @@ def run(args) -> dict:
                   "serving": serving(args, last, data, workdir),
                   "pipeline": pipeline(args, last, data, workdir)}
         result["serving"].pop("export")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("json",)}
     result["seconds"] = round(time.time() - t0, 1)
     return result

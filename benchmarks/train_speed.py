@@ -35,6 +35,7 @@ The last stdout line is one JSON object with the figures and every setting used.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -42,11 +43,11 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.step_timing import (StepTimer, dense_flops_per_step, matmul_peak_gflops,
                                     steady_seconds)
 
@@ -73,8 +74,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _say(args, msg):
-    print(f"[train_speed] {msg}", file=sys.stderr if args.json else sys.stdout, flush=True)
+_say = functools.partial(common.say, "train_speed")
 
 
 def make_data(args, workdir):
@@ -196,17 +196,20 @@ def run_child(args, which, workdir, data) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="mach-train-speed-")
-    data = {"train": os.path.join(workdir, "data", "train"),
-            "test": os.path.join(workdir, "data", "test")}
-    if args.child:
+
+    def paths(workdir):
+        return {"train": os.path.join(workdir, "data", "train"),
+                "test": os.path.join(workdir, "data", "test")}
+
+    if args.child:  # a child always gets the parent's --workdir
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        res = child_full(args, data) if args.child == "full" else \
-            child_mach(args, data, workdir)
+        res = child_full(args, paths(args.workdir)) if args.child == "full" else \
+            child_mach(args, paths(args.workdir), args.workdir)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return res
-    try:
+    with common.workdir(args.workdir, "mach-train-speed-") as workdir:
+        data = paths(workdir)
         t0 = time.time()
         _say(args, f"writing {args.train_points} + {args.test_points} synthetic points, "
                    f"K={args.classes}, D={args.features}")
@@ -260,13 +263,7 @@ def main(argv=None) -> dict:
             out.update({"speedup": round(full["step_ms"] / mach["step_ms"], 2),
                         "p1_ratio": round(mach["p@1"] / max(full["p@1"], 1e-9), 3),
                         "rss_ratio": round(full["peak_rss_mb"] / mach["peak_rss_mb"], 2)})
-        out.update({"load_average": [round(x, 2) for x in os.getloadavg()],
-                    "seconds": round(time.time() - t0, 1)})
-        print(json.dumps(out))
-        return out
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return common.emit(out, t0)
 
 
 if __name__ == "__main__":

@@ -153,22 +153,6 @@ class MergedValidation(keras.callbacks.Callback):
         return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
                 for name, m in (("run", run_metrics), ("group", group_metrics))}
 
-    def resume(self, history: dict, weights_at_epoch=None) -> bool:
-        """Rebuilds ``history`` from the Keras logs of the epochs run before a restart
-        (``{key: [value per epoch]}``, as the group's checkpoint keeps them)."""
-        n = len(history.get(PREFIX + "repetitions", []))
-        self.history = []
-        for e in range(n):
-            entry = {"epoch": e, "repetitions": int(history[PREFIX + "repetitions"][e]),
-                     "run": {}, "group": {}}
-            for key, values in history.items():
-                if key.startswith(GROUP_PREFIX):
-                    entry["group"][key[len(GROUP_PREFIX):]] = float(values[e])
-                elif key.startswith(PREFIX) and key != PREFIX + "repetitions":
-                    entry["run"][key[len(PREFIX):]] = float(values[e])
-            self.history.append(entry)
-        return True
-
     def on_epoch_end(self, epoch, logs=None):
         res = self.compute()
         entry = {"epoch": epoch, "repetitions": len(self.done_repetitions) +

@@ -259,12 +259,12 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
         callbacks: More Keras callbacks (run in both ``fit`` calls of a resumed epoch),
             run before the checkpoint's: the epoch history it saves holds what they added
             to the logs (the merged validation metrics). Those with a ``resume(history,
-            weights_at_epoch)`` method (merged validation, early stopping, the plateau
-            schedule) get the epochs run before a restart replayed into them, so a resumed
-            group stops and lowers its rate exactly as an uninterrupted one; the
-            checkpoint keeps the file of their ``kept_epoch()`` (the best epoch), and
-            those with ``hold_end`` restore their best weights only when training ends
-            (:meth:`finish`), not at the end of each ``fit``.
+            weights_at_epoch)`` method (early stopping, the plateau schedule) get the
+            epochs run before a restart replayed into them, so a resumed group stops and
+            lowers its rate exactly as an uninterrupted one; the checkpoint keeps the
+            file of their ``kept_epoch()`` (the best epoch), and those with ``hold_end``
+            restore their best weights only when training ends (:meth:`finish`), not at
+            the end of each ``fit``.
         after_checkpoint: Callbacks run after the checkpoint's (progress reports, so a
             reported epoch is a saved one).
         validation_data: Passed to ``fit``.
@@ -294,14 +294,13 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
     stateful = [c for c in callbacks if hasattr(c, "resume")]
     held = [c for c in stateful if hasattr(c, "hold_end")]
     finished = state is not None and state.get("finished")
-    if state is not None:
-        # (a finished checkpoint already holds the best weights: nothing left to restore)
-        for c in (c for c in stateful if not (finished and c in held)):
-            if not c.resume(history, lambda e: ckpt.weights_at_epoch(model, state, e)):
-                info.setdefault("lost_best_weights", []).append(type(c).__name__)
-    if finished:
+    if finished:  # it already holds the best weights; nothing trains further
         info["optimizer_iterations"] = int(model.optimizer.iterations)
         return history, info
+    if state is not None:
+        for c in stateful:
+            if not c.resume(history, lambda e: ckpt.weights_at_epoch(model, state, e)):
+                info.setdefault("lost_best_weights", []).append(type(c).__name__)
     cb = _checkpoint_callback()(ckpt, steps_per_epoch, every_steps, every_seconds,
                                 global_step, step, history, before_save, stateful)
     all_callbacks = [*callbacks, cb, *after_checkpoint]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
+
 from mach_tf.config import MachConfig
 from mach_tf.validation import (DataSplit, ValidationSample, data_split, load_sample,
                                 record_split, sample_budget, steps_per_epoch)
@@ -82,23 +84,34 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
     return GroupSetup(split, sample, steps, callbacks, done)
 
 
-def best_epoch_summary(setup: GroupSetup, config: MachConfig) -> dict:
+def best_epoch_summary(history: dict, config: MachConfig, first_epoch: int = 0) -> dict:
     """The merged validation of the epoch whose weights the group keeps (for the
     repetition's completion marker); ``{}`` without validation.
+
+    Args:
+        history: The group's Keras epoch logs, ``{key: [value per epoch]}`` (those of
+            :func:`mach_tf.checkpoint.fit_resumable` cover the epochs before a restart
+            too), holding the merged validation's ``merged_*`` and ``group_merged_*``.
+        config: The run's config.
+        first_epoch: The epoch ``history`` starts at (``fit``'s ``initial_epoch``).
 
     ``merged_validation`` holds the run-level merge (the group with the repetitions
     complete when it started), ``group_validation`` the group's repetitions alone (what
     early stopping watched).
     """
-    from mach_tf.callbacks import MergedValidation, monitor_name
+    from mach_tf.callbacks import GROUP_PREFIX, PREFIX, monitor_name
 
-    hist = next((c.history for c in setup.callbacks if isinstance(c, MergedValidation)), [])
-    if not hist:
+    watched = history.get(monitor_name(config), [])
+    if not watched:
         return {}
-    key = config.early_stopping_metric
-    # EarlyStopping keeps the first best epoch; max() returns the first maximum too.
-    best = max(hist, key=lambda h: h["group"][key]) if config.early_stopping_patience > 0 \
-        else hist[-1]
-    return {"best_epoch": int(best["epoch"]) + 1, "monitor": monitor_name(config),
-            "merged_validation": dict(best["run"], repetitions=best["repetitions"]),
-            "group_validation": dict(best["group"])}
+    # EarlyStopping keeps the first best epoch; argmax returns the first maximum too.
+    best = int(np.argmax(watched)) if config.early_stopping_patience > 0 else \
+        len(watched) - 1
+    count = PREFIX + "repetitions"
+    run = {key[len(PREFIX):]: float(v[best]) for key, v in history.items()
+           if key.startswith(PREFIX) and key != count}
+    group = {key[len(GROUP_PREFIX):]: float(v[best]) for key, v in history.items()
+             if key.startswith(GROUP_PREFIX)}
+    return {"best_epoch": first_epoch + best + 1, "monitor": monitor_name(config),
+            "merged_validation": dict(run, repetitions=int(history[count][best])),
+            "group_validation": group}

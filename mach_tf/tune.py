@@ -169,10 +169,11 @@ class MachHyperModel(_hypermodel_base()):
                                  initial_epoch, 0, setup.steps,
                                  record_filter=setup.split.train_filter())
         # Ours first: the tuner's callbacks read the merged metrics from the epoch logs.
-        model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=setup.steps, callbacks=[*setup.callbacks, *callbacks],
-                  verbose=verbose, shuffle=False)
-        best = best_epoch_summary(setup, config)
+        history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=setup.steps,
+                            callbacks=[*setup.callbacks, *callbacks], verbose=verbose,
+                            shuffle=False).history
+        best = best_epoch_summary(history, config, initial_epoch)
         out = {PREFIX + k: float(v) for k, v in best["merged_validation"].items()
                if k != "repetitions"}
         out["best_epoch"] = float(best["best_epoch"])

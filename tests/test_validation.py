@@ -257,8 +257,8 @@ def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, t
     assert mv.compute()["group"][config.early_stopping_metric] == pytest.approx(
         hist[monitor][best], abs=1e-9)
     # The completion summary sees every epoch, those before the kill included.
-    summary, ref_summary = best_epoch_summary(setup, config), best_epoch_summary(ref_setup,
-                                                                                 config)
+    summary, ref_summary = best_epoch_summary(hist, config), best_epoch_summary(ref_hist,
+                                                                                config)
     assert summary["best_epoch"] == ref_summary["best_epoch"] == best + 1
     assert summary["group_validation"] == pytest.approx(ref_summary["group_validation"],
                                                         abs=0.01)

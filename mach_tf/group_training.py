@@ -8,6 +8,7 @@ data split, feature weights, validation sample and callbacks as its trial did.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ class GroupSetup:
 def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: str,
                 valid: str | None = None, run: str | None = None,
                 cache_dir: str | None = None, featurizer=None,
-                scores_cache: dict | None = None) -> GroupSetup:
+                worker_cache: dict | None = None) -> GroupSetup:
     """Prepares the training of ``model`` (holding ``repetitions``) and sets its feature
     weights.
 
@@ -54,8 +55,8 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             the split is recorded there. ``None`` for a model trained alone (the tuner).
         cache_dir: Where the feature weights are kept (default ``run``).
         featurizer: The run's :class:`mach_tf.text.TextFeaturizer` for text data.
-        scores_cache: A dict a worker keeps across its groups, so each complete
-            repetition is scored on the validation sample once
+        worker_cache: A dict a worker keeps across its groups, so the validation
+            sample is read once and each complete repetition scored on it once
             (:func:`mach_tf.callbacks.completed_scores`).
 
     Returns:
@@ -72,13 +73,19 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             raise ValueError("feature weighting needs a run or cache directory")
         model.sparse_input.set_feature_weights(
             run_feature_weights(weights_dir, config, train, split.train_filter()))
-    sample = load_sample(split, sample_budget(config), featurizer=featurizer)
+    cache = {} if worker_cache is None else worker_cache
+    # Reading the sample scans the training data for held-out points: once per worker.
+    samples = cache.setdefault("samples", {})
+    key = (json.dumps(split.to_dict(), sort_keys=True), sample_budget(config))
+    if key not in samples:
+        samples[key] = load_sample(split, sample_budget(config), featurizer=featurizer)
+    sample = samples[key]
     done, done_scores = [], None
     if run is not None:
         record_split(run, split, sample)
         if sample is not None:
             done, done_scores = completed_scores(run, config, sample, exclude=repetitions,
-                                                 cache=scores_cache)
+                                                 cache=cache.setdefault("completed", {}))
     steps = steps_per_epoch(split, config.batch_size)
     callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
     return GroupSetup(split, sample, steps, callbacks, done)

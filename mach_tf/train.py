@@ -277,7 +277,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
                 log: Log = _stderr, *, save: Sequence[int] | None = None,
                 checkpoint_every: int = 0, claims=None, events: Events | None = None,
-                callbacks: Sequence = (), scores_cache: dict | None = None) -> dict:
+                callbacks: Sequence = (), worker_cache: dict | None = None) -> dict:
     """Trains one group of repetitions with ``model.fit`` and saves each repetition.
 
     The group resumes from its step checkpoint in ``RUN/work/group-.../checkpoint`` when
@@ -293,8 +293,9 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         events: Receives progress events (dicts).
         callbacks: More Keras callbacks for the group's ``fit``, run after the reporting
             ones (e.g. a step timer; see ``benchmarks/train_speed.py``).
-        scores_cache: Kept by the worker across its groups: the validation scores of
-            the run's complete repetitions (see :func:`mach_tf.callbacks.completed_scores`).
+        worker_cache: Kept by the worker across its groups: the validation sample and
+            the run's complete repetitions' scores on it (see
+            :func:`mach_tf.group_training.setup_group`).
 
     Returns:
         The per-epoch history of the group.
@@ -324,7 +325,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
 
     with located_read_errors(train, valid):  # reads the validation sample (and idf)
         setup = setup_group(model, config, group, train, valid, run=run,
-                            featurizer=featurizer, scores_cache=scores_cache)
+                            featurizer=featurizer, worker_cache=worker_cache)
     steps = setup.steps
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
@@ -361,7 +362,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         return train_group(run, config, group, train, valid, worker=worker, verbose=verbose,
                            log=log, save=save, checkpoint_every=checkpoint_every,
                            claims=claims, events=events, callbacks=callbacks,
-                           scores_cache=scores_cache)
+                           worker_cache=worker_cache)
     seconds = time.time() - t0
     if info.get("lost_best_weights"):
         log(f"[worker {worker}] repetitions {group}: the best epoch's checkpoint was "
@@ -484,7 +485,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
         log(f"{tag} repetitions {report.skipped} already complete: skipped")
     owner = claims_lib.Owner.this_process(index)
     pending = plan_groups(run, mine, todo, config.group_size)
-    scores_cache: dict = {}  # complete repetitions' validation scores, across groups
+    worker_cache: dict = {}  # validation sample and complete repetitions' scores
     waiting: set = set()  # groups whose holders were already named in the log
     while pending:
         deferred = []
@@ -523,7 +524,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
                     train_group(run, config, group, train, valid, worker=index,
                                 verbose=verbose, log=log, save=left,
                                 checkpoint_every=checkpoint_every, claims=held, events=events,
-                                callbacks=callbacks, scores_cache=scores_cache)
+                                callbacks=callbacks, worker_cache=worker_cache)
                 except (NonFiniteLossError, claims_lib.ClaimLost) as e:
                     for r in left:
                         report.failed[r] = str(e)

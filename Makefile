@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/mach-tf demo --workdir demo-output --json
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

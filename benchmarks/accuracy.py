@@ -67,8 +67,9 @@ def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None =
                 seed: int = 0, log=lambda m: None) -> dict:
     """Converts, trains with the defaults and evaluates one dataset; returns its row."""
     from mach_tf import rundir
-    from mach_tf.evaluate import evaluate, inverse_propensities, popularity_baseline
-    from mach_tf.train import config_for_data, train
+    from mach_tf.inference.evaluation import evaluate, inverse_propensities, popularity_baseline
+    from mach_tf.data import config_for_data
+    from mach_tf.launch.local import train
 
     name, data, run = prepare_dataset(spec, workdir)
     config = config_for_data(data["train"], seed=seed)
@@ -92,7 +93,7 @@ def run_dataset(spec: str, workdir: str, workers: int = 1, threads: int | None =
     row.update({"floor_" + k: round(float(floor[k]), 4) for k in ("p@1", "p@5", "psp@5")})
     row.update(train_s=round(train_s, 1), model_params=config.num_params(),
                num_classes=config.num_classes, num_features=config.num_features,
-               num_train=rundir.read_json(os.path.join(run, rundir.TRAIN_DATA))["num_examples"],
+               num_train=rundir.read_json(rundir.train_data_path(run))["num_examples"],
                num_test=res["num_examples"], buckets=config.num_buckets,
                repetitions=config.num_repetitions, hidden=config.hidden_units,
                best_epochs=sorted(set(e for e in epochs if e is not None)),

@@ -40,7 +40,7 @@ import zlib
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tfrecords_tools.parse import (FLOAT32_OVERFLOW, INT64_MAX, DataFormatError, TextReader,
+from tfrecords_tools.parse import (FLOAT32_OVERFLOW, INT64_MAX, DataFormatError, SparseReader,
                                    parse_line)
 
 settings.register_profile(
@@ -158,7 +158,7 @@ def _scratch_write(data: bytes) -> str:
 def read(data: bytes, fmt: str, on_error: str, **dims):
     """``(reader, points)`` or the DataFormatError; anything else propagates."""
     path = _scratch_write(data)
-    reader = TextReader(path, fmt, on_error=on_error, **dims)
+    reader = SparseReader(path, fmt, on_error=on_error, **dims)
     try:
         return reader, list(reader)
     except DataFormatError as e:

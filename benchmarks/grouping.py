@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
 
     from mach_tf.config import MachConfig
     from mach_tf.data import training_dataset
-    from mach_tf.model import build_model, compile_model
-    from mach_tf.synthetic import SyntheticSpec, generate
+    from mach_tf.model.network import build_model, compile_model
+    from mach_tf.datasets.synthetic import SyntheticSpec, generate
     from tfrecords_tools.convert import write_examples
 
     groups = [int(g) for g in args.groups.split(",")]

@@ -63,7 +63,7 @@ def dev_split(folder: str, out: str, dev_share: float = 0.25, seed: int = 12345)
 
 def variant_config(overrides: dict, train: str):
     from mach_tf.config import default_buckets
-    from mach_tf.train import config_for_data
+    from mach_tf.data import config_for_data
 
     overrides = dict(overrides)
     factor = overrides.pop("bucket_factor", None)
@@ -76,8 +76,8 @@ def variant_config(overrides: dict, train: str):
 def run_variant(name: str, overrides: dict, prefixes: dict, workdir: str, log) -> dict:
     import shutil
 
-    from mach_tf.evaluate import evaluate
-    from mach_tf.train import train
+    from mach_tf.inference.evaluation import evaluate
+    from mach_tf.launch.local import train
 
     config = variant_config(overrides, prefixes["train"])
     overrides = dict(overrides)

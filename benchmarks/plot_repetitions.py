@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def subset_metrics(run: str, test: str, r: int) -> dict:
     """P@k, nDCG@k and PSP@k of the merge of repetitions ``0 .. r-1`` of ``run``."""
-    from mach_tf.evaluate import evaluate
+    from mach_tf.inference.evaluation import evaluate
 
     return evaluate(run, test, decoder="exact", repetitions=r)
 
@@ -67,7 +67,8 @@ def main(argv=None) -> int:
                                                     "p_at_k_vs_repetitions.png"))
     a = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from mach_tf.train import config_for_data, train
+    from mach_tf.data import config_for_data
+    from mach_tf.launch.local import train
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

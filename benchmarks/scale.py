@@ -5,7 +5,7 @@
 Runs the whole pipeline the way a user does, each stage its own process which reports its
 own peak RSS (``getrusage``'s ``ru_maxrss``):
 
-1. ``generate``: a synthetic catalogue of K classes (``mach_tf.synthetic``, nothing of
+1. ``generate``: a synthetic catalogue of K classes (``mach_tf.datasets.synthetic``, nothing of
    size K held per point) written straight to TFRecords (train and test);
 2. ``train``: ``mach-tf train`` with the defaults for K (B, R from ``MachConfig.from_data``;
    ``--repetitions`` to train fewer), one worker;
@@ -96,7 +96,7 @@ def _mach(*args) -> list[str]:
 def stage_generate(args, workdir) -> dict:
     import dataclasses
 
-    from mach_tf.synthetic import SyntheticSpec, generate
+    from mach_tf.datasets.synthetic import SyntheticSpec, generate
     from tfrecords_tools.convert import write_examples
 
     spec = SyntheticSpec(num_labels=args.classes, num_features=args.features, seed=args.seed)
@@ -113,7 +113,7 @@ def stage_serve(args, workdir) -> dict:
     import tensorflow as tf
 
     from mach_tf.data import to_model_inputs
-    from mach_tf.evaluate import resolve_export
+    from mach_tf.inference.evaluation import resolve_export
     from tfrecords_tools.dataset import make_dataset
 
     path = resolve_export(os.path.join(workdir, "serving", "mach"))

@@ -3,7 +3,7 @@
     python -m benchmarks.scale_out [--json] [--workers 1,2] [--repetitions 8] ...
 
 Starts one local Ray runtime with as many CPUs as the largest worker count, generates a
-synthetic catalogue (``mach_tf.synthetic``), and for each worker count trains a fresh run
+synthetic catalogue (``mach_tf.datasets.synthetic``), and for each worker count trains a fresh run
 directory with :func:`mach_tf.launch_ray.train_ray`, one TensorFlow thread per worker.
 ``wall_s`` is the launcher's whole time (task start-up, TensorFlow import in each worker
 process, training, writing the repetitions); ``speedup`` is ``wall_s`` of one worker over
@@ -66,8 +66,8 @@ def run_benchmark(workers=(1, 2), num_labels=2000, num_features=5000, num_train=
     import ray
 
     from mach_tf.config import MachConfig
-    from mach_tf.launch_ray import train_ray
-    from mach_tf.synthetic import SyntheticSpec, write_split
+    from mach_tf.launch.ray_launcher import train_ray
+    from mach_tf.datasets.synthetic import SyntheticSpec, write_split
     from tfrecords_tools.convert import convert
 
     with common.workdir(workdir, "mach-scale-out-") as workdir:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.serving --json --classes 1000000
 
-In one run: generates a synthetic catalogue of K classes (``mach_tf.synthetic``, nothing of
+In one run: generates a synthetic catalogue of K classes (``mach_tf.datasets.synthetic``, nothing of
 size K stored) straight into TFRecords, trains R repetitions on it for real (so bucket
 distributions are peaked the way a trained model's are), exports it twice with
 ``mach-tf export`` (``--decoder exact`` and ``--decoder candidates``), each in its own
@@ -69,7 +69,7 @@ _say = functools.partial(common.say, "serving")
 
 def make_data(args, workdir):
     """Writes the training TFRecords; returns (prefix, held-out queries)."""
-    from mach_tf.synthetic import SyntheticSpec, generate
+    from mach_tf.datasets.synthetic import SyntheticSpec, generate
     from tfrecords_tools.convert import write_examples
 
     spec = SyntheticSpec(num_labels=args.classes, num_features=args.features,
@@ -113,7 +113,7 @@ def export_in_child(run, base, decoder, args):
 
 
 def _pad(rows):
-    from mach_tf.predict import pad_batch
+    from mach_tf.inference.predict import pad_batch
 
     return pad_batch([(ids, vals) for _, ids, vals in rows])
 
@@ -132,10 +132,10 @@ def run(args) -> dict:
 
     from mach_tf import rundir
     from mach_tf.config import MachConfig
-    from mach_tf.inference import (DEFAULT_CANDIDATE_BUCKETS, candidate_index, candidate_topk,
-                                   exact_topk)
-    from mach_tf.model import bucket_scores
-    from mach_tf.train import train
+    from mach_tf.inference.decoder import (DEFAULT_CANDIDATE_BUCKETS, candidate_index,
+                                           candidate_topk, exact_topk)
+    from mach_tf.model.network import bucket_scores
+    from mach_tf.launch.local import train
 
     if args.queries < 1000:
         raise SystemExit("--queries must be >= 1000 (the agreement needs that many)")

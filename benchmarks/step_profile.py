@@ -70,7 +70,7 @@ def part_times(model, batch) -> dict:
     """Milliseconds of the step's parts (see module docstring)."""
     import tensorflow as tf
 
-    from mach_tf.model import bucket_loss
+    from mach_tf.model.losses import bucket_loss
 
     x, y = batch
     variables = model.trainable_variables
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     import keras
 
     from mach_tf.config import MachConfig
-    from mach_tf.model import build_model, compile_model
+    from mach_tf.model.network import build_model, compile_model
 
     t0 = time.time()
     over = {"hidden_units": [args.hidden], "batch_size": args.batch_size, "seed": args.seed,

@@ -43,11 +43,11 @@ def dense_flops_per_step(config, batch_size: int, repetitions: int) -> float:
 
 def synthetic_batch(config, group, batch_size: int, seed: int = 0):
     """One ``(inputs, targets)`` batch for ``group`` of ``config`` from
-    :mod:`mach_tf.synthetic` (K and D of the config)."""
+    :mod:`mach_tf.datasets.synthetic` (K and D of the config)."""
     import tensorflow as tf
 
     from mach_tf.data import bucket_targets, to_model_inputs
-    from mach_tf.synthetic import SyntheticSpec, generate
+    from mach_tf.datasets.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec(num_labels=config.num_classes, num_features=config.num_features,
                          seed=seed)

@@ -3,7 +3,7 @@ of featurising in the graph, side by side.
 
     python -m benchmarks.text --json
 
-In one run: generates synthetic labelled queries (``mach_tf.synthetic_text``: per-label
+In one run: generates synthetic labelled queries (``mach_tf.datasets.synthetic_text``: per-label
 words, shared noise words, misspellings, casing, accents) for K classes, converts them with
 ``--format text``, and
 
@@ -69,7 +69,7 @@ _say = functools.partial(common.say, "text")
 
 
 def make_data(args, workdir) -> dict:
-    from mach_tf.synthetic_text import TextNoise, text_spec, write_text
+    from mach_tf.datasets.synthetic_text import TextNoise, text_spec, write_text
     from tfrecords_tools.convert import convert
 
     spec = text_spec(args.classes, avg_labels=args.avg_labels, seed=args.seed)
@@ -85,8 +85,9 @@ def make_data(args, workdir) -> dict:
 
 
 def train_and_evaluate(args, data, workdir, char_ngrams: int) -> dict:
-    from mach_tf.evaluate import evaluate
-    from mach_tf.train import config_for_data, train
+    from mach_tf.inference.evaluation import evaluate
+    from mach_tf.data import config_for_data
+    from mach_tf.launch.local import train
 
     config = config_for_data(
         data["train"], num_buckets=args.buckets, num_repetitions=args.repetitions,
@@ -114,9 +115,9 @@ def serving(args, run, data, workdir) -> dict:
 
     from export.stitch import export_model
     from mach_tf import rundir
-    from mach_tf.predict import pad_batch
-    from mach_tf.text import load_featurizer
-    from mach_tf.text_reference import featurize_like
+    from mach_tf.inference.predict import pad_batch
+    from mach_tf.text.statistics import load_featurizer
+    from mach_tf.text.reference import featurize_like
     from tfrecords_tools.dataset import make_dataset
 
     path = export_model(run, os.path.join(workdir, "serving", "mach"), top_k=5).path
@@ -179,7 +180,7 @@ def pipeline(args, run, data, workdir) -> dict:
 
     from mach_tf import rundir
     from mach_tf.data import training_dataset
-    from mach_tf.text import load_featurizer
+    from mach_tf.text.statistics import load_featurizer
     from tfrecords_tools.convert import write_examples
     from tfrecords_tools.dataset import make_dataset
 

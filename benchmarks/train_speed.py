@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_speed --json --classes 1000000
 
-In one run, on the same synthetic data (``mach_tf.synthetic``: power-law labels, sparse
+In one run, on the same synthetic data (``mach_tf.datasets.synthetic``: power-law labels, sparse
 prototype features) and the same sparse input (``--features`` D, hidden width ``--hidden``
 H, the same ``SparseDense`` input layer, optimizer, batch size and number of epochs):
 
@@ -78,7 +78,7 @@ _say = functools.partial(common.say, "train_speed")
 
 
 def make_data(args, workdir):
-    from mach_tf.synthetic import SyntheticSpec, generate
+    from mach_tf.datasets.synthetic import SyntheticSpec, generate
     from tfrecords_tools.convert import write_examples
 
     spec = SyntheticSpec(num_labels=args.classes, num_features=args.features, seed=args.seed)
@@ -111,8 +111,8 @@ def child_full(args, data) -> dict:
     import tensorflow as tf
 
     from mach_tf.data import evaluation_dataset, to_model_inputs
-    from mach_tf.metrics import RankingMetrics
-    from mach_tf.model import MachModel, compile_model
+    from mach_tf.inference.ranking import RankingMetrics
+    from mach_tf.model.network import MachModel, compile_model
     from tfrecords_tools.dataset import make_dataset
     from tfrecords_tools.manifest import Manifest
 
@@ -149,9 +149,9 @@ def child_full(args, data) -> dict:
 
 
 def child_mach(args, data, workdir) -> dict:
-    """Trains MACH's R repetitions with ``train_group`` (grouped as by default)."""
-    import mach_tf.train as train_lib
-    from mach_tf.evaluate import evaluate
+    """Trains MACH's R repetitions with ``train`` (grouped as by default)."""
+    from mach_tf.inference.evaluation import evaluate
+    from mach_tf.launch.local import train
     from tfrecords_tools.manifest import Manifest
 
     config = _mach_config(args)
@@ -159,8 +159,8 @@ def child_mach(args, data, workdir) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     timer = StepTimer()  # one segment per group (one fit each: no resumption here)
     t0 = time.time()
-    train_lib.train(run, data["train"], None, config, workers=1, verbose=0,
-                    log=lambda m: None, callbacks=[timer])
+    train(run, data["train"], None, config, workers=1, verbose=0, log=lambda m: None,
+          callbacks=[timer])
     train_s = time.time() - t0
     res = evaluate(run, data["test"], ks=(1, 5))
     n = Manifest.load(data["train"]).num_examples

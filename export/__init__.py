@@ -1,5 +1,11 @@
 """export: stitch a MACH run's repetitions into one SavedModel for TensorFlow Serving, and
-build request bodies for it.
+build request bodies for it. The top layer of the project: it imports ``mach_tf`` and
+``tfrecords_tools``; of ``mach_tf`` only the command line and its demo import it.
+
+Modules: :mod:`~export.stitch` (run -> versioned SavedModel, refusals),
+:mod:`~export.signatures` (the serving graph), :mod:`~export.verification` (the check
+before publishing), :mod:`~export.warmup` (TensorFlow Serving warmup records),
+:mod:`~export.client` (REST and gRPC request bodies).
 
 Public API::
 
@@ -10,7 +16,8 @@ Public API::
 
 from export.client import (grpc_request, response_outputs, rest_body, rest_json, text_examples,
                            text_queries)
-from export.stitch import ExportError, ExportResult, export_model, existing_versions
+from export.stitch import ExportResult, existing_versions, export_model
+from export.verification import ExportError
 
 __all__ = ["ExportError", "ExportResult", "existing_versions", "export_model",
            "grpc_request", "response_outputs", "rest_body", "rest_json", "text_examples",

@@ -28,7 +28,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mach_tf.predict import pad_batch
+from mach_tf.inference.predict import pad_batch
+from tfrecords_tools.convert import serialize_example
 from tfrecords_tools.parse import DataFormatError, parse_line
 from tfrecords_tools.text_format import query_text
 
@@ -115,15 +116,11 @@ def text_queries(queries, source: str = "<lines>") -> list[str]:
 def text_examples(texts: Sequence[str]) -> list[bytes]:
     """Each query as a serialized ``tf.train.Example`` with its ``text`` (a text model's
     ``predict_examples`` input)."""
-    from tfrecords_tools.convert import serialize_example
-
     return [serialize_example([], [], [], t.encode("utf-8")) for t in texts]
 
 
 def serialized_examples(rows: Sequence[Row]) -> list[bytes]:
     """Each row as a serialized ``tf.train.Example`` (the TFRecord schema, no labels)."""
-    from tfrecords_tools.convert import serialize_example
-
     return [serialize_example([], ids, vals) for ids, vals in rows]
 
 

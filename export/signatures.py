@@ -5,9 +5,10 @@ run's :class:`~mach_tf.text.TextFeaturizer`, adapted statistics and normalisatio
 included, is part of the graph, so the server featurises queries exactly as training did.
 
 Everything here is stock TensorFlow ops, so TensorFlow Serving runs it as is. Large tensors
-(the class -> bucket table, the inverted index, the label names) are variables, assets and
-lookup tables, never graph constants, so a model of millions of classes stays far from the
-GraphDef's 2 GB limit.
+(the class -> bucket table or the inverted index, held as weights by the
+:class:`~mach_tf.inference.decoder.MergedTopK` layer that decodes merged validation and
+evaluation too; the label names) are variables, assets and lookup tables, never graph
+constants, so a model of millions of classes stays far from the GraphDef's 2 GB limit.
 """
 
 from __future__ import annotations
@@ -16,47 +17,14 @@ import keras
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
-from mach_tf.inference import candidate_index, candidate_topk, exact_topk
-from mach_tf.model import MachModel, bucket_scores
+from mach_tf.inference.decoder import MergedTopK
+from mach_tf.model.network import MachModel, bucket_scores
 
 METHOD_NAME = "tensorflow/serving/predict"
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
 PREDICT_TEXT = "predict_text"
 OUTPUT_KEYS = ("label_ids", "scores", "labels")
-
-
-class DecoderState(tf.Module):
-    """The decoder's tables as variables (saved in ``variables/``, not in the graph).
-
-    Exact decoding keeps the class -> bucket table ``[R, K]``; candidate decoding keeps the
-    inverted index (CSR offsets ``[R*B + 1]`` and classes ``[R*K]``) and the class ->
-    slots table ``[K, R]`` (slot ``r*B + h_r(c)``; see
-    :func:`mach_tf.inference.candidate_index`).
-    """
-
-    def __init__(self, config: MachConfig, decoder: str, candidate_buckets: int):
-        super().__init__(name="mach_decoder")
-        family = config.hash_family
-        self.decoder = decoder
-        self.candidate_buckets = int(candidate_buckets)
-        if decoder == "exact":
-            self.table = tf.Variable(family.table(config.num_classes), trainable=False,
-                                     name="class_to_bucket")
-        else:
-            index = candidate_index(family, config.num_classes)
-            self.offsets = tf.Variable(index["offsets"], trainable=False,
-                                       name="bucket_offsets")
-            self.classes = tf.Variable(index["classes"], trainable=False,
-                                       name="bucket_classes")
-            self.class_slots = tf.Variable(index["class_slots"], trainable=False,
-                                           name="class_slots")
-
-    def topk(self, scores, k: int):
-        if self.decoder == "exact":
-            return exact_topk(scores, self.table, k)
-        return candidate_topk(scores, self.offsets, self.classes, self.class_slots,
-                              self.candidate_buckets, k)
 
 
 def label_table(path: str) -> tf.lookup.StaticHashTable:
@@ -118,8 +86,9 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    state = DecoderState(config, decoder, candidate_buckets)
-    archive.track(state)
+    topk = MergedTopK(config.num_classes, config.hashing, k=top_k, decoder=decoder,
+                      candidate_buckets=candidate_buckets, name="mach_decoder")
+    archive.track(topk)
     table = None
     if label_names_path is not None:
         table = label_table(label_names_path)
@@ -135,7 +104,7 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
             bucket_scores(logits, config.loss, config.merge),
             message="the model's scores are not finite for this request (feature_values "
                     "too large for a model trained with feature_norm='none'?)")
-        top_scores, ids = state.topk(scores, top_k)
+        top_scores, ids = topk(scores)
         names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
         return {"label_ids": ids, "scores": top_scores, "labels": names}
 

@@ -2,42 +2,55 @@
 
 Public API::
 
-    from mach_tf import MachConfig, HashFamily, MachModel, train_run, train_worker
-    from mach_tf import evaluate_model
+    import mach_tf
 
-The pieces, in data-flow order: :mod:`mach_tf.config` (the persisted configuration),
-:mod:`mach_tf.hashing` (classes -> buckets), :mod:`mach_tf.text` (raw text -> hashed
-tf-idf features, in the graph), :mod:`mach_tf.model` (one Keras model per
-repetition group), :mod:`mach_tf.train` (per-worker training), :mod:`mach_tf.inference`
-(merged-average top-k), :mod:`mach_tf.metrics`, :mod:`mach_tf.evaluate`.
+    config = mach_tf.MachConfig.from_data(num_classes=5000, num_features=20000)
+    mach_tf.train("runs/r1", "data/tfr/train", config=config, workers=2)
+    print(mach_tf.evaluate("runs/r1", "data/tfr/test"))
+
+The package follows the data: :mod:`mach_tf.config` (the persisted configuration),
+:mod:`mach_tf.hashing` (classes -> buckets), :mod:`mach_tf.rundir` (the run directory),
+:mod:`mach_tf.data` (datasets meet the model), then one sub-package per stage:
+:mod:`mach_tf.model` (the per-repetition networks), :mod:`mach_tf.text` (raw text ->
+features, in the graph), :mod:`mach_tf.training` (a group's fit), :mod:`mach_tf.launch`
+(workers, claims, local and Ray launchers), :mod:`mach_tf.inference` (merged top-k,
+evaluation, metrics, queries), :mod:`mach_tf.datasets` (synthetic data, TFDS) and
+:mod:`mach_tf.cli`. :mod:`mach_tf.errors` holds the exceptions users act on.
 """
 
-from mach_tf.config import MachConfig
+import importlib
+
+from mach_tf.config import MachConfig, TextSettings
+from mach_tf.errors import ClaimLost, NonFiniteLossError, RunDirError, UnreadableCheckpointError
 from mach_tf.hashing import HashFamily
 from mach_tf.version import __version__
 
+# TensorFlow-backed pieces load on first use, so that ``mach-tf --help`` (which imports
+# this package) answers without loading TensorFlow.
+_LAZY = {
+    "train": "mach_tf.launch.local",
+    "train_worker": "mach_tf.launch.worker",
+    "evaluate": "mach_tf.inference.evaluation",
+    "MachModel": "mach_tf.model.network",
+    "build_model": "mach_tf.model.network",
+    "MergedTopK": "mach_tf.inference.decoder",
+    "MergedScorer": "mach_tf.inference.scorer",
+    "RankingMetrics": "mach_tf.inference.ranking",
+    "SyntheticSpec": "mach_tf.datasets.synthetic",
+    "TextFeaturizer": "mach_tf.text.featurizer",
+}
+
+__all__ = ["ClaimLost", "HashFamily", "MachConfig", "MachModel", "MergedScorer", "MergedTopK",
+           "NonFiniteLossError", "RankingMetrics", "RunDirError", "SyntheticSpec",
+           "TextFeaturizer", "TextSettings", "UnreadableCheckpointError", "__version__",
+           "build_model", "evaluate", "train", "train_worker"]
+
 
 def __getattr__(name):
-    # TensorFlow-heavy pieces load on first use so `mach-tf --help` stays instant.
-    lazy = {
-        "MachModel": ("mach_tf.model", "MachModel"),
-        "build_model": ("mach_tf.model", "build_model"),
-        "MergedScorer": ("mach_tf.inference", "MergedScorer"),
-        "RankingMetrics": ("mach_tf.metrics", "RankingMetrics"),
-        "train_run": ("mach_tf.train", "train"),
-        "train_worker": ("mach_tf.train", "train_worker"),
-        "evaluate_model": ("mach_tf.evaluate", "evaluate"),
-        "SyntheticSpec": ("mach_tf.synthetic", "SyntheticSpec"),
-        "TextFeaturizer": ("mach_tf.text", "TextFeaturizer"),
-    }
-    if name in lazy:
-        import importlib
-
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(module), attr)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mach_tf' has no attribute {name!r}")
 
 
-__all__ = ["HashFamily", "MachConfig", "MachModel", "MergedScorer", "RankingMetrics",
-           "SyntheticSpec", "TextFeaturizer", "__version__", "build_model", "evaluate_model",
-           "train_run", "train_worker"]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,8 +2,18 @@
 
 Everything that defines a trained MACH model lives here: the label space (K), the input
 space (D), the hashing (B, R and the persisted hash coefficients), the per-repetition
-network, and the training settings. Training writes it once; export and evaluation read it
-back and never recompute any of it another way.
+network, the training settings, and for models of raw text the featuriser's settings
+(:class:`TextSettings`, the config's ``text`` section). Training writes it once; export and
+evaluation read it back and never recompute any of it another way. Free of TensorFlow, so
+a config is read and validated cheaply.
+
+Where a text run's adapted statistics live: the document frequencies are ``D`` integers
+(65,536 by default, millions for large hash spaces), too many for ``config.json``, which
+is read, compared field by field on every rerun and copied into every completion marker
+and export info file. They are written once, beside it, as ``RUN/text_statistics.npy``
+(int64 ``[D]``, loaded with ``allow_pickle=False``); the config records the file's name,
+the number of documents and a SHA-256 of the counts, so a changed or swapped file is
+refused and two runs adapted on different data never pass for the same config.
 """
 
 from __future__ import annotations
@@ -109,6 +119,109 @@ def default_validation_fraction(num_examples: int | None,
     return float(min(0.1, max_examples / num_examples))
 
 
+# -- the text section ------------------------------------------------------------------
+TEXT_FORMAT_VERSION = 1
+#: D, the hash space of text features unless ``--text-features`` says otherwise. The input
+#: layer holds a ``[D, H]`` kernel per repetition; 2^16 keeps it at 64 MB for H = 256
+#: (float32) while colliding few of the words and bigrams of a query log.
+DEFAULT_TEXT_FEATURES = 1 << 16
+TEXT_WEIGHTINGS = ("tfidf", "tf")
+TEXT_STATISTICS_FILE = "text_statistics.npy"
+#: The keys of ``train --text-features/--word-ngrams/--char-ngrams`` among config overrides.
+TEXT_OVERRIDES = ("text_features", "word_ngrams", "char_ngrams")
+
+
+@dataclasses.dataclass
+class TextSettings:
+    """How text becomes sparse features: the ``text`` section of a text run's config
+    (the featuriser itself is :class:`mach_tf.text.TextFeaturizer`).
+
+    Attributes:
+        word_ngrams: Word n-grams of widths 1..n (2: unigrams and bigrams).
+        char_ngrams: Character n-grams of this width inside each word, with ``<`` and ``>``
+            marking the word's ends (0: none). Trigrams match misspelt words to their
+            correct form by their shared pieces.
+        weighting: ``"tfidf"``: term frequency times smoothed inverse document frequency
+            ``ln((1 + N) / (1 + df)) + 1`` learned by ``adapt``; ``"tf"``: term frequency
+            only.
+        sublinear_tf: Use ``1 + ln(tf)`` instead of the raw count.
+        statistics: File in the run directory holding the document frequencies.
+        statistics_sha256: SHA-256 of the document frequencies (int64, little-endian);
+            ``None`` until adapted.
+        num_documents: N, the documents the frequencies were counted over.
+        fold_table_sha256: SHA-256 of the normalisation table the run was trained with
+            (:func:`mach_tf.text.normalization.table_sha256`).
+        format_version: Version of these settings.
+    """
+
+    word_ngrams: int = 2
+    char_ngrams: int = 0
+    weighting: str = "tfidf"
+    sublinear_tf: bool = True
+    statistics: str = TEXT_STATISTICS_FILE
+    statistics_sha256: str | None = None
+    num_documents: int | None = None
+    fold_table_sha256: str | None = None
+    format_version: int = TEXT_FORMAT_VERSION
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field that is out of range."""
+        def bad(field, why):
+            raise ValueError(f"MachConfig.text.{field}: {why}")
+
+        for field, low in (("word_ngrams", 1), ("char_ngrams", 0)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 8:
+                bad(field, f"must be an integer in [{low}, 8], got {v!r}")
+        if self.char_ngrams == 1:
+            bad("char_ngrams", "1 would only count letters; use 0 (off) or 2..8")
+        if self.weighting not in TEXT_WEIGHTINGS:
+            bad("weighting", f"must be one of {TEXT_WEIGHTINGS}, got {self.weighting!r}")
+        if not isinstance(self.sublinear_tf, bool):
+            bad("sublinear_tf", f"must be true or false, got {self.sublinear_tf!r}")
+        if (not isinstance(self.statistics, str) or not self.statistics
+                or "/" in self.statistics or "\\" in self.statistics
+                or self.statistics in (".", "..")):
+            bad("statistics", f"must be a file name inside the run directory, got "
+                              f"{self.statistics!r}")
+        if self.num_documents is not None and (isinstance(self.num_documents, bool) or not
+                                               isinstance(self.num_documents, int)
+                                               or self.num_documents < 0):
+            bad("num_documents", f"must be a non-negative integer, got "
+                                 f"{self.num_documents!r}")
+        if (self.statistics_sha256 is None) != (self.num_documents is None):
+            bad("statistics_sha256", "and num_documents are set together (by adapting)")
+        if self.format_version != TEXT_FORMAT_VERSION:
+            bad("format_version", f"this mach-tf reads version {TEXT_FORMAT_VERSION}, got "
+                                  f"{self.format_version}")
+
+    @property
+    def adapted(self) -> bool:
+        return self.statistics_sha256 is not None
+
+    def layer_kwargs(self) -> dict:
+        """The featuriser layer's arguments (besides ``num_features``)."""
+        return {"word_ngrams": self.word_ngrams, "char_ngrams": self.char_ngrams,
+                "weighting": self.weighting, "sublinear_tf": self.sublinear_tf}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "TextSettings":
+        if not isinstance(d, dict):
+            raise ValueError(f"MachConfig.text: expected an object, got {d!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MachConfig.text: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+# -- the config ------------------------------------------------------------------------
 @dataclasses.dataclass
 class MachConfig:
     """Hyper-parameters and identity of a MACH model.
@@ -162,7 +275,7 @@ class MachConfig:
         hashing: The persisted hash family (``HashFamily.to_dict()``); drawn from ``seed``
             when omitted.
         text: For models trained on raw text, the featuriser's settings and where its
-            adapted statistics live (``mach_tf.text_config.TextSettings.to_dict()``); the
+            adapted statistics live (:meth:`TextSettings.to_dict`); the
             featuriser maps text to ``num_features`` hashed features. ``None`` for sparse
             input data.
         format_version: Version of this file's schema.
@@ -260,8 +373,6 @@ class MachConfig:
             bad("format_version", f"this mach-tf reads version {FORMAT_VERSION}, "
                                   f"got {self.format_version}")
         if self.text is not None:
-            from mach_tf.text_config import TextSettings
-
             self.text = TextSettings.from_dict(self.text).to_dict()  # validates, fills in
             if self.feature_weighting != "none":
                 bad("feature_weighting", "must be 'none' for text models: the text "

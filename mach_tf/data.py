@@ -1,4 +1,11 @@
-"""From parsed TFRecord batches to model inputs and bucket targets."""
+"""Where converted datasets meet the model: configs sized to data, data checked against a
+config, and parsed TFRecord batches turned into model inputs and bucket targets.
+
+The datasets themselves are :mod:`tfrecords_tools`' (manifest, tf.data reader); what
+depends on MACH lives here: the hash family turns labels into each repetition's bucket
+targets, and a text run's featuriser turns raw text into the sparse inputs its networks
+take (in the tf.data pipeline, so they never see strings).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,91 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from mach_tf.config import MachConfig
+from mach_tf.config import DEFAULT_TEXT_FEATURES, TEXT_OVERRIDES, MachConfig, TextSettings
+from mach_tf.errors import RunDirError
 from mach_tf.hashing import buckets_tf
 from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.manifest import Manifest
 
 
+# -- the data and the config --------------------------------------------------------------
+def config_for_data(train: str, **overrides) -> MachConfig:
+    """A config sized to the training data's manifest (K, D, N), with ``overrides``."""
+    m = Manifest.load(train)
+    num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
+    return MachConfig.from_data(m.num_labels, num_features, m.num_examples, **overrides)
+
+
+def data_config_overrides(manifest, overrides: dict) -> tuple[int, dict]:
+    """``(num_features, overrides)`` of a config sized to a dataset.
+
+    For text data, D is the featuriser's hash space (``text_features`` in ``overrides``,
+    default :data:`DEFAULT_TEXT_FEATURES`) and ``word_ngrams`` / ``char_ngrams`` become the
+    config's ``text`` settings; for sparse data, D is the manifest's.
+
+    Raises:
+        ValueError: text settings asked for sparse data.
+    """
+    out = {k: v for k, v in overrides.items() if k not in TEXT_OVERRIDES}
+    given = [k for k in TEXT_OVERRIDES if overrides.get(k) is not None]
+    if not manifest.text:
+        if given:
+            raise ValueError(f"{manifest.path}: holds sparse features; "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to "
+                             f"text data (convert it with --format text)")
+        return manifest.num_features, out
+    if overrides.get("text_features") is not None and int(overrides["text_features"]) < 1:
+        raise ValueError(f"text_features must be >= 1, got {overrides['text_features']}")
+    num_features = int(overrides.get("text_features") or DEFAULT_TEXT_FEATURES)
+    out["text"] = TextSettings(**{k: overrides[k] for k in ("word_ngrams", "char_ngrams")
+                                  if overrides.get(k) is not None}).to_dict()
+    return num_features, out
+
+
+def check_data(config: MachConfig, data: str, role: str) -> None:
+    """Refuses data the run's config cannot take, before training or evaluation starts.
+
+    The manifest's dimensions are declared ones (the converter refuses any id beyond
+    them), so data whose dimensions fit the config holds only ids the model knows.
+
+    Raises:
+        RunDirError: naming the data, the field and both values.
+    """
+    m = Manifest.load(data)
+    check_data_kind(config, m, role)
+    beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
+              for field, have, mine, want in (
+                  ("num_features", m.num_features, "num_features", config.num_features),
+                  ("num_labels", m.num_labels, "num_classes", config.num_classes))
+              if have > want]
+    if beyond:
+        raise RunDirError(
+            f"{m.path}: {role} data has " + "; ".join(beyond) + " (its ids may lie "
+            "beyond what the model knows); convert it with the run's dimensions or train a "
+            "new run sized to it")
+    if role == "training" and m.num_examples == 0:
+        raise RunDirError(f"{m.path}: training data has no examples")
+
+
+def check_data_kind(config, manifest, role: str) -> None:
+    """Refuses text data for a model of sparse features, and the other way round.
+
+    Raises:
+        RunDirError: naming the manifest and what the run expects.
+    """
+    if manifest.text and config.text is None:
+        raise RunDirError(
+            f"{manifest.path}: {role} data holds raw text (converted with --format text) "
+            f"but the run's model reads sparse features; train a new run on text data (its "
+            f"config then records the text featuriser)")
+    if not manifest.text and config.text is not None:
+        raise RunDirError(
+            f"{manifest.path}: {role} data holds sparse features but the run's model reads "
+            f"raw text; convert the data with 'mach-tf convert --format text' "
+            f"(lines 'labels<TAB>text')")
+
+
+# -- batches -------------------------------------------------------------------------------
 def to_model_inputs(batch: dict) -> dict:
     """Ragged ``feature_ids``/``feature_values`` -> padded dense (ids padded with -1)."""
     ids = batch["feature_ids"]

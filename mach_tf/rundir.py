@@ -1,20 +1,36 @@
-"""The run directory: what training writes and export and evaluation read.
+"""The run directory: every file and folder a run holds, who writes it, and the loaders.
 
-Layout::
+Layout (paths come from the functions here; no other module joins these names)::
 
-    RUN/config.json              the MachConfig (written once; a different one is refused)
-    RUN/train_data.json          what the model was trained on (prefixes, sizes)
-    RUN/label_counts.npy         training frequency of every label (floors, propensities)
-    RUN/rep-007/model.keras      repetition 7's trained network (a single-repetition model)
-    RUN/rep-007/COMPLETE.json    completion marker, written last
-    RUN/rep-007/claims/          which worker holds repetition 7 (mach_tf/claims.py)
-    RUN/work/group-.../checkpoint/  step checkpoints of a group being trained
-                                 (mach_tf/checkpoint.py)
-    RUN/logs/                    TensorBoard event files
+    RUN/config.json                the MachConfig: written once by the first worker or
+                                   launcher (:func:`ensure_config`); a different one is refused
+    RUN/train_data.json            what the model was trained on (prefixes, sizes):
+                                   training.prepare
+    RUN/label_counts.npy           training frequency of every label (floors, propensities):
+                                   training.prepare
+    RUN/feature_weights.npy        idf weights, ``feature_weighting="idf"`` only:
+                                   training.feature_weights
+    RUN/validation.json            what the merged validation held out: training.validation
+    RUN/text_statistics.npy        a text run's document frequencies (the name is recorded
+                                   in the config's ``text`` section): text.statistics
+    RUN/rep-007/model.keras        repetition 7's trained network (a single-repetition
+                                   model): :func:`save_repetition`, from training.group
+    RUN/rep-007/COMPLETE.json      its completion marker, written after the model
+    RUN/rep-007/claims/claim-N.json  which worker holds repetition 7: launch.claims
+    RUN/work/group-003_007/checkpoint/  step checkpoints of a group being trained
+                                   (``checkpoint.json`` + ``ckpt-N.weights.h5``):
+                                   training.checkpoint; removed when the group is saved
+    RUN/logs/rep-007/              TensorBoard scalars of repetition 7: training.tensorboard
+    RUN/logs/merged/               merged validation, final metrics and the HParams session:
+                                   training.tensorboard; ``summary-writer.json`` names the
+                                   scheduler-started worker that wrote the final summary
+                                   (launch.report)
+    RUN/logs/group-003_007/        Keras' own TensorBoard callback of a group
 
-Every file is written under a temporary name and renamed into place, so an interrupted
-write never leaves a file that a later step could take for complete. All paths go through
-``tf.io.gfile`` so a run directory may live on a shared filesystem or object storage.
+Every file is written under a temporary name and renamed into place
+(:mod:`tfrecords_tools.atomic`), so an interrupted write never leaves a file that a later
+step could take for complete. All paths go through ``tf.io.gfile`` so a run directory may
+live on a shared filesystem or object storage.
 """
 
 from __future__ import annotations
@@ -22,61 +38,156 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
+from typing import Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
+from mach_tf.errors import RunDirError
+from mach_tf.model.network import MachModel, repetition_seed, stack
+from tfrecords_tools import atomic
 
 CONFIG = "config.json"
 TRAIN_DATA = "train_data.json"
 LABEL_COUNTS = "label_counts.npy"
+FEATURE_WEIGHTS = "feature_weights.npy"
+VALIDATION = "validation.json"
 MODEL = "model.keras"
 COMPLETE = "COMPLETE.json"
+CLAIMS = "claims"
+WORK = "work"
+CHECKPOINT = "checkpoint"
+LOGS = "logs"
+MERGED_LOGS = "merged"
+#: Created (exclusively) by the one scheduler-started worker that writes the run summary.
+SUMMARY_MARKER = "summary-writer.json"
+_GROUP = "group-"
 
 
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (and why)."""
+# -- paths ---------------------------------------------------------------------------------
+def config_path(run: str) -> str:
+    return os.path.join(run, CONFIG)
+
+
+def train_data_path(run: str) -> str:
+    return os.path.join(run, TRAIN_DATA)
+
+
+def label_counts_path(run: str) -> str:
+    return os.path.join(run, LABEL_COUNTS)
+
+
+def feature_weights_path(run: str) -> str:
+    return os.path.join(run, FEATURE_WEIGHTS)
+
+
+def validation_path(run: str) -> str:
+    return os.path.join(run, VALIDATION)
+
+
+def text_statistics_path(run: str, name: str) -> str:
+    """The document frequencies of a text run (``name`` from the config's text section)."""
+    return os.path.join(run, name)
 
 
 def rep_dir(run: str, r: int) -> str:
     return os.path.join(run, f"rep-{r:03d}")
 
 
-def _tmp(path: str) -> str:
-    return f"{path}.tmp-{uuid.uuid4().hex[:10]}"
+def model_path(run: str, r: int) -> str:
+    return os.path.join(rep_dir(run, r), MODEL)
 
 
-def _publish(tmp: str, path: str) -> None:
-    """The rename that makes a fully written file visible under its final name."""
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+def marker_path(run: str, r: int) -> str:
+    return os.path.join(rep_dir(run, r), COMPLETE)
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    tmp = _tmp(path)
+def claims_dir(rep: str) -> str:
+    """The claims folder of a repetition folder (:func:`rep_dir`)."""
+    return os.path.join(rep, CLAIMS)
+
+
+def group_name(group: Sequence[int]) -> str:
+    """``group-003_007`` for the group of repetitions 3 and 7."""
+    return _GROUP + "_".join(f"{r:03d}" for r in group)
+
+
+def parse_group_name(name: str) -> list[int] | None:
+    """The repetitions of a :func:`group_name`, or ``None`` for any other name."""
+    name = name.rstrip("/")
+    if not name.startswith(_GROUP):
+        return None
     try:
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(data)
-        _publish(tmp, path)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
+        return [int(x) for x in name[len(_GROUP):].split("_")]
+    except ValueError:
+        return None
 
 
-def write_json_atomic(path: str, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def work_dir(run: str) -> str:
+    return os.path.join(run, WORK)
 
 
+def group_work_dir(run: str, group: Sequence[int]) -> str:
+    return os.path.join(work_dir(run), group_name(group))
+
+
+def checkpoint_dir(run: str, group: Sequence[int]) -> str:
+    return os.path.join(group_work_dir(run, group), CHECKPOINT)
+
+
+def logs_dir(run: str) -> str:
+    return os.path.join(run, LOGS)
+
+
+def rep_logdir(run: str, r: int) -> str:
+    return os.path.join(run, LOGS, f"rep-{r:03d}")
+
+
+def merged_logdir(run: str) -> str:
+    return os.path.join(run, LOGS, MERGED_LOGS)
+
+
+def group_logdir(run: str, group: Sequence[int]) -> str:
+    return os.path.join(run, LOGS, group_name(group))
+
+
+def summary_marker_path(run: str) -> str:
+    return os.path.join(merged_logdir(run), SUMMARY_MARKER)
+
+
+def is_run_dir(path: str) -> bool:
+    return tf.io.gfile.exists(config_path(path))
+
+
+# -- reading and writing -------------------------------------------------------------------
 def read_json(path: str):
     with tf.io.gfile.GFile(path, "r") as f:
         return json.load(f)
 
 
+def save_array(path: str, array: np.ndarray) -> None:
+    """Writes ``array`` as ``.npy`` (never pickled), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def load_array(path: str) -> np.ndarray:
+    """Reads an ``.npy`` file written by :func:`save_array` (an object array is refused,
+    not unpickled).
+
+    Raises:
+        ValueError, OSError, EOFError: for a file that is not such an array.
+    """
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def load_config(run: str) -> MachConfig:
-    path = os.path.join(run, CONFIG)
+    path = config_path(run)
     if not tf.io.gfile.exists(path):
         raise RunDirError(f"{run}: not a run directory (no {CONFIG})")
     try:
@@ -91,7 +202,7 @@ def ensure_config(run: str, config: MachConfig) -> MachConfig:
     Raises:
         RunDirError: when the run directory holds a different config, naming the fields.
     """
-    path = os.path.join(run, CONFIG)
+    path = config_path(run)
     if tf.io.gfile.exists(path):
         existing = load_config(run)
         if existing.to_dict() != config.to_dict():
@@ -106,19 +217,17 @@ def ensure_config(run: str, config: MachConfig) -> MachConfig:
                 f"--model-dir, or rerun with the same settings to resume")
         return existing
     tf.io.gfile.makedirs(run)
-    write_json_atomic(path, config.to_dict())
+    atomic.write_json(path, config.to_dict())
     return config
 
 
 def is_complete(run: str, r: int) -> bool:
-    d = rep_dir(run, r)
-    return tf.io.gfile.exists(os.path.join(d, COMPLETE)) and \
-        tf.io.gfile.exists(os.path.join(d, MODEL))
+    return tf.io.gfile.exists(marker_path(run, r)) and tf.io.gfile.exists(model_path(run, r))
 
 
 def completion(run: str, r: int) -> dict | None:
     """The completion marker of repetition ``r``, or ``None``."""
-    path = os.path.join(rep_dir(run, r), COMPLETE)
+    path = marker_path(run, r)
     if not tf.io.gfile.exists(path):
         return None
     try:
@@ -134,27 +243,16 @@ def save_repetition(run: str, r: int, model, marker: dict) -> None:
     The marker also records the run's whole config (``"config"``), so that export can tell
     a repetition trained for another run, copied in, from one of this run.
     """
-    d = rep_dir(run, r)
-    tf.io.gfile.makedirs(d)
     marker = dict(marker)
     marker.setdefault("config", load_config(run).to_dict())
-    final = os.path.join(d, MODEL)
-    tmp = os.path.join(d, f"model.tmp-{uuid.uuid4().hex[:10]}.keras")
-    try:
+    with atomic.replacing(model_path(run, r)) as tmp:
         model.save(tmp)
-        _publish(tmp, final)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
-    write_json_atomic(os.path.join(d, COMPLETE), marker)
+    atomic.write_json(marker_path(run, r), marker)
 
 
-def load_repetition(run: str, r: int):
+def load_repetition(run: str, r: int) -> MachModel:
     """Loads repetition ``r``'s model (Keras safe mode: no arbitrary code)."""
-    import keras
-
-    path = os.path.join(rep_dir(run, r), MODEL)
+    path = model_path(run, r)
     if not is_complete(run, r):
         raise RunDirError(f"{rep_dir(run, r)}: repetition {r} is not complete (no "
                           f"{COMPLETE}); finish training with the same 'mach-tf train' "
@@ -168,17 +266,19 @@ def load_repetition(run: str, r: int):
                           f"again") from e
 
 
+def groups_in_progress(run: str) -> list[list[int]]:
+    """The groups with training state under ``RUN/work/`` (started, not saved), in name
+    order."""
+    work = work_dir(run)
+    if not tf.io.gfile.isdir(work):
+        return []
+    groups = (parse_group_name(n) for n in sorted(tf.io.gfile.listdir(work)))
+    return [g for g in groups if g]
+
+
 def in_progress(run: str) -> set[int]:
     """Repetitions with training state under ``RUN/work/`` (a group started, not saved)."""
-    work = os.path.join(run, "work")
-    if not tf.io.gfile.isdir(work):
-        return set()
-    out = set()
-    for name in tf.io.gfile.listdir(work):
-        name = name.rstrip("/")
-        if name.startswith("group-"):
-            out.update(int(x) for x in name[len("group-"):].split("_") if x.isdigit())
-    return out
+    return {r for g in groups_in_progress(run) for r in g}
 
 
 def _config_differences(theirs: dict, ours: dict) -> list[str]:
@@ -193,8 +293,6 @@ def _config_differences(theirs: dict, ours: dict) -> list[str]:
 
 def _check_repetition(r: int, config: MachConfig, model, marker: dict) -> list[str]:
     """Everything that shows repetition ``r`` was not trained for this run's config."""
-    from mach_tf.model import repetition_seed
-
     problems = []
     if marker.get("repetition", r) != r:
         problems.append(f"its {COMPLETE} is for repetition {marker.get('repetition')}")
@@ -251,12 +349,12 @@ def load_repetitions(run: str, repetitions=None):
         except RunDirError:
             raise
         except Exception as e:  # a damaged or foreign file: say which, not a deep traceback
-            raise RunDirError(f"{os.path.join(rep_dir(run, r), MODEL)}: cannot load "
+            raise RunDirError(f"{model_path(run, r)}: cannot load "
                               f"repetition {r}: {type(e).__name__}: {e}") from None
         problems = _check_repetition(r, config, m, completion(run, r) or {})
         if problems:
             raise RunDirError(f"{rep_dir(run, r)}: repetition {r} was not trained for this "
-                              f"run ({os.path.join(run, CONFIG)}): " + "; ".join(problems))
+                              f"run ({config_path(run)}): " + "; ".join(problems))
         models.append(m)
     return config, models
 
@@ -267,26 +365,20 @@ def load_all(run: str, repetitions=None):
     Raises:
         RunDirError: as :func:`load_repetitions`.
     """
-    from mach_tf.model import stack
-
     config, models = load_repetitions(run, repetitions)
     return config, stack(models)
 
 
-def save_label_counts(run: str, counts: np.ndarray, num_examples: int) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(counts, dtype=np.int64), allow_pickle=False)
-    write_bytes_atomic(os.path.join(run, LABEL_COUNTS), buf.getvalue())
+def save_label_counts(run: str, counts: np.ndarray) -> None:
+    save_array(label_counts_path(run), np.asarray(counts, dtype=np.int64))
 
 
 def load_label_counts(run: str) -> np.ndarray | None:
-    path = os.path.join(run, LABEL_COUNTS)
+    path = label_counts_path(run)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
-    try:  # never pickle: an object array is refused, not unpickled
-        counts = np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        counts = load_array(path)
     except (ValueError, OSError, EOFError) as e:
         raise RunDirError(f"{path}: unreadable label counts ({e})") from None
     if counts.dtype.kind not in "iu" or counts.ndim != 1:

@@ -16,9 +16,10 @@ import sys
 import time
 from typing import Callable, Iterable
 
-from tfrecords_tools.manifest import (FORMAT_VERSION, Manifest, manifest_path, shard_names,
-                                      write_json_atomic)
-from tfrecords_tools.parse import FLOAT32_OVERFLOW, TextReader
+from tfrecords_tools import atomic
+from tfrecords_tools.manifest import FORMAT_VERSION, Manifest, manifest_path, shard_names
+from tfrecords_tools.parse import FLOAT32_OVERFLOW, SparseReader
+from tfrecords_tools.text_format import QueryReader
 
 COMPRESSIONS = ("NONE", "GZIP")
 
@@ -79,7 +80,7 @@ class ShardedWriter:
         self.names = shard_names(prefix, num_shards, compression)
         parent = os.path.dirname(os.path.abspath(prefix))
         tf.io.gfile.makedirs(parent)
-        self._tmp = [f"{os.path.join(parent, n)}.tmp-{os.getpid()}" for n in self.names]
+        self._tmp = [atomic.temp_path(os.path.join(parent, n)) for n in self.names]
         opts = tf.io.TFRecordOptions(compression_type="GZIP" if compression == "GZIP" else "")
         self._writers = [tf.io.TFRecordWriter(p, opts) for p in self._tmp]
         self.counts = [0] * num_shards
@@ -103,8 +104,7 @@ class ShardedWriter:
         parent = os.path.dirname(os.path.abspath(self.prefix))
         if exc_type is not None:
             for p in self._tmp:
-                if tf.io.gfile.exists(p):
-                    tf.io.gfile.remove(p)
+                atomic.discard(p)
             return False
         self.sizes = [tf.io.gfile.stat(p).length for p in self._tmp]
         # A manifest left by an earlier conversion of this prefix would describe the old
@@ -115,19 +115,12 @@ class ShardedWriter:
             tf.io.gfile.remove(old)
         try:
             for p, name in zip(self._tmp, self.names):
-                _move_into_place(p, os.path.join(parent, name))
+                atomic.publish(p, os.path.join(parent, name))
         except BaseException:
             for p in self._tmp:
-                if tf.io.gfile.exists(p):
-                    tf.io.gfile.remove(p)
+                atomic.discard(p)
             raise
         return False
-
-
-def _move_into_place(tmp: str, final: str) -> None:
-    import tensorflow as tf
-
-    tf.io.gfile.rename(tmp, final, overwrite=True)
 
 
 class _Progress:
@@ -185,16 +178,14 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
     """
     is_text = fmt == "text"
     if is_text:
-        from tfrecords_tools.text_format import TextQueryReader
-
         if num_features is not None:
             raise ValueError("num_features does not apply to --format text: text has no "
                              "feature ids (the featuriser's hash dimension is chosen when "
                              "training, 'mach-tf train --text-features D')")
-        reader = TextQueryReader(input_path, num_labels=num_labels, on_error=on_error)
+        reader = QueryReader(input_path, num_labels=num_labels, on_error=on_error)
     else:
-        reader = TextReader(input_path, fmt, num_features=num_features,
-                            num_labels=num_labels, on_error=on_error)
+        reader = SparseReader(input_path, fmt, num_features=num_features,
+                              num_labels=num_labels, on_error=on_error)
     bar = _Progress(f"convert {os.path.basename(os.fspath(input_path))}", progress)
     n = nnz = nlab = 0
     with ShardedWriter(prefix, num_shards, compression) as writer:
@@ -226,7 +217,7 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
                **({"avg_chars_per_text": reader.chars / max(n, 1),
                    "avg_words_per_text": reader.words / max(n, 1)} if is_text else {})},
         text=is_text)
-    write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    atomic.write_json(manifest_path(prefix), manifest.to_dict())
     manifest.prefix = os.fspath(prefix)
     if reader.skipped and log is not None:
         log(skip_summary(os.fspath(input_path), manifest))
@@ -266,6 +257,6 @@ def write_examples(prefix: str, points: Iterable[tuple], num_features: int, num_
                         shard_bytes=list(writer.sizes), compression=writer.compression,
                         format_version=FORMAT_VERSION,
                         source=source or {"format": "python"}, lines_read=n)
-    write_json_atomic(manifest_path(prefix), manifest.to_dict())
+    atomic.write_json(manifest_path(prefix), manifest.to_dict())
     manifest.prefix = os.fspath(prefix)
     return manifest

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import re
-import uuid
 
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -51,21 +50,6 @@ def shard_names(prefix: str, num_shards: int, compression: str) -> list[str]:
     base = os.path.basename(os.fspath(prefix))
     ext = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
     return [f"{base}-{i:05d}-of-{num_shards:05d}{ext}" for i in range(num_shards)]
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it into place."""
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
 
 
 def _is_count(x) -> bool:

@@ -19,7 +19,7 @@ very end of the file (they hold no point and are not counted). Everything else i
 :class:`DataFormatError` naming the file, the line and what was expected: any character
 outside printable ASCII and tab (NUL bytes, non-ASCII digits, invalid UTF-8), ids beyond
 int64 or the declared dimensions, values that overflow float32, blank lines between
-points. With ``on_error="skip"`` a bad data line is recorded in :attr:`TextReader.skipped`
+points. With ``on_error="skip"`` a bad data line is recorded in :attr:`SparseReader.skipped`
 instead, so that ``converted + skipped == lines_read`` always holds; faults of the file
 itself (missing, empty, compressed with an unsupported codec, a missing or malformed
 header, a point count that disagrees with the header, a truncated or corrupt gzip stream)
@@ -198,7 +198,7 @@ def parse_line(text: str, num_features: int | None = None,
     return labels, ids, values
 
 
-class TextReader:
+class SparseReader:
     """Iterates the points of an XMC or libsvm file, streaming.
 
     Args:
@@ -397,4 +397,4 @@ class TextReader:
 
 def read_points(path, fmt: str = "xmc", **kwargs) -> list[Point]:
     """All points of a (small) file; for tests and tiny inputs."""
-    return list(TextReader(path, fmt, **kwargs))
+    return list(SparseReader(path, fmt, **kwargs))

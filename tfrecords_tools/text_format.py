@@ -27,7 +27,7 @@ import dataclasses
 import re
 from typing import Iterator
 
-from tfrecords_tools.parse import (MAX_LINE_BYTES, DataFormatError, TextReader, _describe_char,
+from tfrecords_tools.parse import (MAX_LINE_BYTES, DataFormatError, SparseReader, _describe_char,
                                    _parse_id, _show)
 
 # Control characters other than tab (C0, DEL, C1) and the surrogate escapes that stand for
@@ -108,7 +108,7 @@ def query_text(line: str) -> str:
     return line[m.end():] if m else line
 
 
-class TextQueryReader(TextReader):
+class QueryReader(SparseReader):
     """Iterates the points of a text-format file, streaming (see module docstring).
 
     Args:
@@ -119,7 +119,7 @@ class TextQueryReader(TextReader):
             :attr:`skipped` and goes on.
         max_line_bytes: Longer lines are faults.
 
-    Attributes (valid after iteration): as :class:`~tfrecords_tools.parse.TextReader`,
+    Attributes (valid after iteration): as :class:`~tfrecords_tools.parse.SparseReader`,
     plus ``chars`` and ``words`` (totals over the texts read, for the manifest's stats).
     """
 

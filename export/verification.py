@@ -1,0 +1,163 @@
+"""Checking an export before it is published: sample queries, answered by the written
+SavedModel through both of TensorFlow's loaders, against the in-Python reference.
+
+The check is independent of the code that built the serving graph: the reference bucket
+scores come from the R repetition models as saved by training, each run on its own (not
+the stacked model that was exported), merged and decoded by the numpy references of
+:mod:`mach_tf.inference.reference`. Every signature is checked through
+``tf.saved_model.load``, and ``serving_default`` (with ``predict_text`` for text models)
+also through the v1 session loader that TensorFlow Serving's C++ loader mirrors, feeding
+the signatures' tensor names.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.util import deprecation
+
+from export.client import rows_from_padded, serialized_examples, text_examples
+from export.signatures import METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT
+from mach_tf import rundir
+from mach_tf.data import to_model_inputs
+from mach_tf.inference.reference import disagreeing_rows
+from tfrecords_tools.dataset import make_dataset
+
+
+class ExportError(RuntimeError):
+    """An export that was refused or failed its check (no version was written)."""
+
+
+def sample_inputs(run: str, config, n: int = 64, seed: int = 0) -> dict:
+    """Representative padded inputs: the first ``n`` training examples when known, else
+    random sparse rows."""
+    info = rundir.train_data_path(run)
+    if tf.io.gfile.exists(info):
+        train = rundir.read_json(info).get("train")
+        try:
+            batch = next(iter(make_dataset(train, n, shuffle=False)))
+            return {k: v.numpy() for k, v in to_model_inputs(batch).items()}
+        except (FileNotFoundError, ValueError, StopIteration, tf.errors.OpError):
+            pass
+    rng = np.random.default_rng(seed)
+    width = min(16, config.num_features)
+    ids = np.stack([rng.choice(config.num_features, width, replace=False) for _ in range(n)])
+    ids[:, width // 2:][rng.random((n, width - width // 2)) < 0.5] = -1
+    vals = np.where(ids >= 0, rng.uniform(0.5, 1.5, ids.shape), 0.0)
+    return {"feature_ids": ids.astype(np.int64), "feature_values": vals.astype(np.float32)}
+
+
+#: Queries added to a text model's verification sample: the normalisation's corner cases
+#: (empty and punctuation-only queries, compatibility forms, case folding, accents composed
+#: and decomposed, other scripts, characters newer than the fold table, long and repetitive
+#: text), so the graph's fold, grams and weights are checked against the Python reference
+#: where they are most likely to differ.
+TEXT_PROBES = (
+    "", "   ", "!!! ??? ...", "Crème BRÛLÉE", "cre\u0300me bru\u0302le\u0301e",
+    "ＦＵＬＬＷＩＤＴＨ ﬁne ① ½", "Straße STRASSE", "ΣΊΣΥΦΟΣ σίσυφος", "İstanbul ıi",
+    "नमस्ते दुनिया", "中文 查询", "emoji 😀 query", "tab\there\x00nul",
+    "red " * 40, "a-b_c/d.e,f", "x" * 300,
+)
+
+
+def sample_texts(run: str, n: int = 64) -> list[str]:
+    """Texts of a text model's verification sample: the first ``n`` training texts when
+    the training data is still there, then :data:`TEXT_PROBES`."""
+    texts: list[str] = []
+    info = rundir.train_data_path(run)
+    if tf.io.gfile.exists(info):
+        train = rundir.read_json(info).get("train")
+        try:
+            batch = next(iter(make_dataset(train, n, shuffle=False, with_text=True)))
+            texts = [t.decode("utf-8") for t in batch["text"].numpy()]
+        except (FileNotFoundError, ValueError, StopIteration, tf.errors.OpError):
+            texts = []
+    return texts + list(TEXT_PROBES)
+
+
+def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
+    """Signatures run the way TensorFlow Serving runs them: v1 loader, tensor names."""
+    out = {}
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        # The v1 loader is deprecated for Python users, but it is the C++ path TF Serving
+        # takes, which is what this check is for: its warning would only confuse.
+        with deprecation.silence():
+            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        for name, feeds in feeds_by_signature.items():
+            sig = meta.signature_def[name]
+            if sig.method_name != METHOD_NAME:
+                raise ExportError(f"{path}: {name} has method {sig.method_name!r}, "
+                                  f"TensorFlow Serving's predict API needs {METHOD_NAME!r}")
+            fetch = {k: v.name for k, v in sig.outputs.items()}
+            out[name] = sess.run(fetch, {sig.inputs[k].name: v for k, v in feeds.items()})
+    return out
+
+
+def verify_export(path: str, final: str, sample: dict, expected, names: str | None,
+                  texts: list[str] | None = None) -> int:
+    """Checks the SavedModel at ``path`` against the reference top-k ``expected``.
+
+    Args:
+        path: The written SavedModel.
+        final: Its final path (for messages).
+        sample: Padded ``feature_ids`` / ``feature_values`` of the sample queries.
+        expected: ``(scores, ids)`` of the reference decoding of ``sample``.
+        names: The staged label-names file, or ``None``.
+        texts: For a text model, the sample's raw strings (``sample`` is their Python
+            reference featurisation): ``predict_text`` gets them as strings and
+            ``predict_examples`` as tf.Examples with a ``text`` feature.
+
+    Returns:
+        The number of queries checked.
+
+    Raises:
+        ExportError: naming the signature and loader that disagree, and on how many queries.
+    """
+    ref_s, ref_i = expected
+    n = int(sample["feature_ids"].shape[0])
+    feeds = {k: np.asarray(v) for k, v in sample.items()}
+    if texts is None:
+        examples = serialized_examples(rows_from_padded(feeds["feature_ids"],
+                                                        feeds["feature_values"]))
+    else:
+        examples = text_examples(texts)
+    loaded = tf.saved_model.load(path)
+    outputs = {
+        f"{SERVING_DEFAULT} (tf.saved_model.load)":
+            loaded.signatures[SERVING_DEFAULT](**{k: tf.constant(v) for k, v in feeds.items()}),
+        f"{PREDICT_EXAMPLES} (tf.saved_model.load)":
+            loaded.signatures[PREDICT_EXAMPLES](examples=tf.constant(examples)),
+    }
+    session_feeds = {SERVING_DEFAULT: feeds}
+    if texts is not None:
+        text_feed = np.asarray([t.encode("utf-8") for t in texts], dtype=object)
+        outputs[f"{PREDICT_TEXT} (tf.saved_model.load)"] = \
+            loaded.signatures[PREDICT_TEXT](text=tf.constant(text_feed))
+        session_feeds[PREDICT_TEXT] = {"text": text_feed}
+    outputs = {k: {name: np.asarray(t) for name, t in v.items()} for k, v in outputs.items()}
+    del loaded
+    gc.collect()
+    for name, out in _session_outputs(path, session_feeds).items():
+        outputs[f"{name} (v1 session loader)"] = out
+    label_of = None
+    if names is not None:
+        with open(names, encoding="utf-8") as f:
+            label_of = np.asarray([line.rstrip("\n") for line in f] + [""], dtype=object)
+    for where, out in outputs.items():
+        bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
+        if bad:
+            query = f" {texts[bad[0]]!r}" if texts is not None else ""
+            raise ExportError(
+                f"{final}: {where} differs from the in-Python merged top-{ref_i.shape[1]} "
+                f"on {len(bad)} of {n} sample queries (first: query {bad[0]}{query}, "
+                f"{out['label_ids'][bad[0]].tolist()} vs {ref_i[bad[0]].tolist()}); the "
+                f"export was discarded")
+        ids = out["label_ids"]
+        want = label_of[ids] if label_of is not None else ids.astype(str)
+        got = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(out["labels"])
+        if not np.array_equal(got.astype(str), np.asarray(want).astype(str)):
+            raise ExportError(f"{final}: {where} returns labels that do not name its "
+                              f"label_ids; the export was discarded")
+    return n

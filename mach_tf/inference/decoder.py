@@ -1,0 +1,307 @@
+"""Merged-average inference: R bucket distributions -> class scores -> top k.
+
+``score(c | x) = (1/R) * sum_r s_r(h_r(c) | x)`` where ``s_r`` is repetition r's bucket
+score (its probability, or log-probability with ``merge="logprob"``). The returned scores
+are this plain mean; the paper's unbiased estimator ``B/(B-1) * (score - 1/B)`` is an
+increasing function of it and ranks identically.
+
+Two decoders, both plain TensorFlow ops (so TensorFlow Serving runs them), behind one Keras
+layer, :class:`MergedTopK`, which holds the tables it reads as non-trainable weights. The
+same layer decodes the merged validation after every epoch, ``mach-tf evaluate``, and the
+exported serving graph (``predict`` queries that export):
+
+* :func:`exact_topk` scores all K classes through the class -> bucket table ``[R, K]``:
+  ``R * K`` gathers and a top-k over K per query.
+* :func:`candidate_topk` takes each repetition's top-m buckets, gathers their classes from
+  the bucket -> classes inverted index (CSR), scores those candidates exactly (through the
+  class -> slots table ``[K, R]``), and returns their top k, each class once. Its cost
+  follows ``R * m * K / B`` candidates, not K. A class found in several repetitions'
+  top buckets gets the same score each time (bit for bit), so duplicates are removed
+  among the best ``k * R`` entries only, never over the whole candidate list.
+
+For the same class both decoders compute the score with the same float32 operations in the
+same order, so a class's candidate score equals its exact score bit for bit; the two differ
+only in which classes are looked at.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mach_tf.hashing import HashFamily
+
+#: ``decoder="auto"`` scores exactly up to this many classes, by candidates above. Exact
+#: decoding costs ``R * K`` gathers and a top-k over K per query: about 4 ms per query at
+#: K = 100,000 (R = 8) on 2 CPU cores, growing linearly to about 29 ms at K = 1,000,000,
+#: while candidate decoding stays between 1 and 2 ms (benchmarks/RESULTS.md, "Serving").
+#: Up to 100,000 classes the exact answer costs no more than the network itself (about
+#: 2 ms) and is the default; above, candidates.
+AUTO_EXACT_MAX_CLASSES = 100_000
+#: m, the buckets taken per repetition by candidate decoding (benchmarks/RESULTS.md).
+DEFAULT_CANDIDATE_BUCKETS = 10
+DECODERS = ("exact", "candidates", "auto")
+
+
+def resolve_decoder(decoder: str, num_classes: int) -> str:
+    """``exact`` or ``candidates`` for ``decoder`` (``auto`` picks by K).
+
+    Raises:
+        ValueError: for an unknown decoder name.
+    """
+    if decoder == "auto":
+        return "exact" if num_classes <= AUTO_EXACT_MAX_CLASSES else "candidates"
+    if decoder not in ("exact", "candidates"):
+        raise ValueError(f"decoder must be exact, candidates or auto, got {decoder!r}")
+    return decoder
+
+
+# -- index structures (numpy, built once at export / scorer construction) --------------------
+def candidate_index(family, num_classes: int) -> dict:
+    """The tables candidate decoding reads, as numpy arrays.
+
+    Args:
+        family: The run's :class:`~mach_tf.hashing.HashFamily` (R functions into B buckets).
+        num_classes: K.
+
+    Returns:
+        ``{"offsets": int64 [R*B + 1], "classes": int32 [R*K],
+        "class_slots": int [K, R]}``: the inverted index in CSR form over the R*B buckets
+        of all repetitions (bucket ``j`` of repetition ``r`` is slot ``r*B + j`` and holds
+        ``classes[offsets[r*B + j]:offsets[r*B + j + 1]]``, in increasing class order), and
+        every class's slot ``r*B + h_r(c)`` under each repetition (int32 while R*B < 2**31).
+    """
+    num_r, num_b = family.num_repetitions, family.num_buckets
+    dtype = np.int32 if num_r * num_b < 2**31 else np.int64
+    class_slots = np.empty((num_classes, num_r), dtype=dtype)
+    base = np.arange(num_r, dtype=np.int64) * num_b
+    step = 1 << 20  # chunked: no [R, K] int64 temporary at large K
+    for start in range(0, num_classes, step):
+        stop = min(num_classes, start + step)
+        class_slots[start:stop] = family.buckets_np(np.arange(start, stop)).T + base
+    offsets = np.zeros(num_r * num_b + 1, dtype=np.int64)
+    classes = np.empty(num_r * num_classes, dtype=np.int32)
+    for r in range(num_r):
+        col = np.ascontiguousarray(class_slots[:, r]) - base[r]
+        counts = np.bincount(col, minlength=num_b)
+        np.cumsum(counts, out=offsets[r * num_b + 1:(r + 1) * num_b + 1])
+        offsets[r * num_b + 1:(r + 1) * num_b + 1] += r * num_classes
+        # A stable sort keeps the classes of each bucket in increasing order.
+        classes[r * num_classes:(r + 1) * num_classes] = np.argsort(col, kind="stable")
+    return {"offsets": offsets, "classes": classes, "class_slots": class_slots}
+
+
+# -- TensorFlow decoders --------------------------------------------------------------------
+def _pad_topk(scores, ids, k):
+    """top_k over the last axis, padding with (-inf, -1) when fewer than k columns exist."""
+    width = tf.shape(scores)[1]
+    pad = tf.maximum(0, k - width)
+    scores = tf.pad(scores, [[0, 0], [0, pad]], constant_values=-np.inf)
+    ids = tf.pad(ids, [[0, 0], [0, pad]], constant_values=-1)
+    top = tf.math.top_k(scores, k=k, sorted=True)
+    return top.values, tf.gather(ids, top.indices, batch_dims=1)
+
+
+def _static_rb(bucket_scores):
+    num_r, num_b = bucket_scores.shape[1], bucket_scores.shape[2]
+    if num_r is None or num_b is None:
+        raise ValueError("bucket_scores must have a static shape [batch, R, B]")
+    return int(num_r), int(num_b)
+
+
+def exact_scores(bucket_scores, table):
+    """Merged scores of all classes: ``[batch, K]`` from ``[batch, R, B]`` and ``[R, K]``."""
+    num_r, _ = _static_rb(bucket_scores)
+    total = None
+    for r in range(num_r):
+        part = tf.gather(bucket_scores[:, r, :], table[r], axis=1)
+        total = part if total is None else total + part
+    return total / float(num_r)
+
+
+def exact_topk(bucket_scores, table, k: int):
+    """Top k classes by merged score over all K classes.
+
+    Args:
+        bucket_scores: float ``[batch, R, B]`` (R and B static).
+        table: int ``[R, K]`` class -> bucket table.
+        k: How many to return.
+
+    Returns:
+        ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best first; ties go to
+        the smaller class id.
+    """
+    scores = exact_scores(bucket_scores, table)
+    k_eff = min(k, table.shape[1]) if table.shape[1] is not None else k
+    top = tf.math.top_k(scores, k=k_eff, sorted=True)
+    ids = tf.cast(top.indices, tf.int64)
+    if k_eff < k:
+        return _pad_topk(top.values, ids, k)
+    return top.values, ids
+
+
+#: Up to this many entries per row, repeats are found by comparing all pairs (a few cheap
+#: ops); beyond, by sorting (O(q log q) instead of O(q^2) memory).
+_PAIRWISE_MAX = 128
+
+
+def _drop_repeats(ids):
+    """Marks every occurrence of an id after its first one in each row (``[b, q]`` bool)."""
+    q = ids.shape[1]
+    if q is not None and q <= _PAIRWISE_MAX:
+        earlier = tf.constant(np.tril(np.ones((q, q), bool), -1))
+        return tf.reduce_any(tf.equal(ids[:, :, None], ids[:, None, :]) & earlier, axis=2)
+    order = tf.argsort(ids, axis=1, stable=True)  # equal ids keep their left-to-right order
+    sorted_ids = tf.gather(ids, order, batch_dims=1)
+    repeat = tf.concat([tf.zeros_like(sorted_ids[:, :1], tf.bool),
+                        sorted_ids[:, 1:] == sorted_ids[:, :-1]], axis=1)
+    inverse = tf.argsort(order, axis=1, stable=True)
+    return tf.gather(repeat, inverse, batch_dims=1)
+
+
+def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int):
+    """Top k among the classes of each repetition's top-m buckets, scored exactly.
+
+    Args:
+        bucket_scores: float ``[batch, R, B]`` (R and B static).
+        offsets: int64 ``[R*B + 1]`` CSR offsets (see :func:`candidate_index`).
+        classes: int32 ``[R*K]`` CSR class ids.
+        class_slots: int ``[K, R]``, every class's slot ``r*B + h_r(c)``.
+        m: Buckets taken per repetition.
+        k: How many to return.
+
+    Returns:
+        ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best first, each class
+        at most once; rows with fewer than k candidates are padded with score -inf and
+        id -1.
+    """
+    num_r, num_b = _static_rb(bucket_scores)
+    m = max(1, min(int(m), num_b))
+    k = int(k)
+    top = tf.math.top_k(bucket_scores, k=m, sorted=False).indices  # [batch, R, m]
+    rep_base = tf.constant(np.arange(num_r, dtype=np.int64) * num_b)
+    # Slots r*B + j, ordered (row, r, rank): a row's candidates stay contiguous.
+    buckets = tf.reshape(tf.cast(top, tf.int64) + rep_base[:, None], [-1])
+    offsets = tf.convert_to_tensor(offsets, tf.int64)
+    positions = tf.ragged.range(tf.gather(offsets, buckets), tf.gather(offsets, buckets + 1))
+    cand = tf.gather(classes, positions.flat_values)  # [T]
+    row_splits = positions.row_splits[::num_r * m]  # [batch + 1]
+    total = tf.shape(cand, out_type=tf.int64)[0]
+    row = tf.searchsorted(row_splits[1:], tf.range(total), side="right",
+                          out_type=tf.int64)  # [T]
+    # Every candidate's R bucket scores, summed in the same order as exact_scores.
+    flat = tf.cast(tf.gather(class_slots, cand), tf.int64) + \
+        (row * (num_r * num_b))[:, None]  # [T, R]
+    parts = tf.unstack(tf.gather(tf.reshape(bucket_scores, [-1]), flat), num_r, axis=1)
+    # add_n sums left to right, like the exact decoder's running sum.
+    score = tf.math.add_n(parts) / float(num_r)
+    # A class appears at most once per repetition, so each of the k best distinct classes
+    # has a copy among the k*R best entries: de-duplicate those only.
+    q = k * num_r
+    dense_s = tf.RaggedTensor.from_row_splits(score, row_splits, validate=False).to_tensor(
+        default_value=-np.inf)
+    dense_c = tf.RaggedTensor.from_row_splits(tf.cast(cand, tf.int64), row_splits,
+                                              validate=False).to_tensor(default_value=-1)
+    best_s, best_c = _pad_topk(dense_s, dense_c, q)
+    best_s = tf.where(_drop_repeats(best_c), tf.constant(-np.inf, best_s.dtype), best_s)
+    top_k = tf.math.top_k(best_s, k=k, sorted=True)
+    ids = tf.gather(best_c, top_k.indices, batch_dims=1)
+    ids = tf.where(top_k.values == -np.inf, tf.constant(-1, tf.int64), ids)
+    return top_k.values, ids
+
+
+def num_candidates_estimate(num_classes: int, num_buckets: int, num_repetitions: int,
+                            m: int) -> int:
+    """Expected candidates per query before de-duplication: ``R * m * K / B``."""
+    return int(math.ceil(num_repetitions * m * num_classes / num_buckets))
+
+
+@keras.saving.register_keras_serializable(package="mach_tf")
+class MergedTopK(keras.layers.Layer):
+    """Merged-average top-k: bucket scores ``[batch, R, B]`` -> the k best classes.
+
+    The tables the decoder reads are non-trainable weights of the layer (made in
+    ``build``, saved with it and with an export's variables, never graph constants): the
+    class -> bucket table ``[R, K]`` for exact decoding; for candidate decoding the
+    inverted index (CSR ``offsets [R*B + 1]`` and ``classes [R*K]``) and the class ->
+    slots table ``[K, R]`` (see :func:`candidate_index`).
+
+    Args:
+        num_classes: K.
+        hashing: The hash family of the repetitions merged, in the order of the bucket
+            scores' repetition axis (``HashFamily.to_dict()``: a run's, or a subset).
+        k: Classes returned per query (a call may ask for another k).
+        decoder: ``"exact"``, ``"candidates"`` or ``"auto"`` (by K).
+        candidate_buckets: m, buckets per repetition for candidate decoding.
+
+    Call with bucket scores (:func:`mach_tf.model.bucket_scores` of the R repetitions'
+    logits); returns ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best
+    first, padded with ``(-inf, -1)`` when fewer than k classes can be returned.
+    """
+
+    def __init__(self, num_classes, hashing, k=10, decoder="auto",
+                 candidate_buckets=DEFAULT_CANDIDATE_BUCKETS, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        if int(candidate_buckets) < 1:
+            raise ValueError(f"candidate_buckets must be >= 1, got {candidate_buckets}")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.num_classes = int(num_classes)
+        self.hashing = HashFamily.from_dict(hashing).to_dict()
+        self.k = int(k)
+        self.decoder = resolve_decoder(decoder, self.num_classes)
+        self.candidate_buckets = int(candidate_buckets)
+        self.build()
+
+    @property
+    def family(self) -> HashFamily:
+        return HashFamily.from_dict(self.hashing)
+
+    def build(self, input_shape=None):
+        if self.built:  # built by the constructor: the tables need no input shape
+            return
+        family = self.family
+        if self.decoder == "exact":
+            arrays = {"class_to_bucket": family.table(self.num_classes)}
+        else:
+            index = candidate_index(family, self.num_classes)
+            arrays = {"bucket_offsets": index["offsets"], "bucket_classes": index["classes"],
+                      "class_slots": index["class_slots"]}
+        for name, array in arrays.items():
+            setattr(self, name, self.add_weight(
+                name=name, shape=array.shape, dtype=str(array.dtype), trainable=False,
+                initializer=_array_initializer(array)))
+        self.built = True
+
+    def call(self, bucket_scores, k=None):
+        k = self.k if k is None else int(k)
+        if self.decoder == "exact":
+            return exact_topk(bucket_scores, tf.convert_to_tensor(self.class_to_bucket), k)
+        return candidate_topk(bucket_scores, tf.convert_to_tensor(self.bucket_offsets),
+                              tf.convert_to_tensor(self.bucket_classes),
+                              tf.convert_to_tensor(self.class_slots),
+                              self.candidate_buckets, k)
+
+    def compute_output_spec(self, bucket_scores, k=None):
+        k = self.k if k is None else int(k)
+        batch = bucket_scores.shape[0]
+        return (keras.KerasTensor((batch, k), dtype="float32"),
+                keras.KerasTensor((batch, k), dtype="int64"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, hashing=self.hashing, k=self.k,
+                      decoder=self.decoder, candidate_buckets=self.candidate_buckets)
+        return config
+
+
+def _array_initializer(array: np.ndarray):
+    """An initializer that returns ``array`` itself: a table of 10^7 classes is copied once
+    into its variable, never built as a graph constant or filled twice."""
+    def init(shape, dtype=None):
+        return array
+    return init

@@ -1,0 +1,159 @@
+"""Evaluation of a run directory or an exported SavedModel on converted test data."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mach_tf import rundir
+from mach_tf.config import MachConfig
+from mach_tf.data import check_data, evaluation_dataset
+from mach_tf.inference.decoder import DEFAULT_CANDIDATE_BUCKETS
+from mach_tf.inference.ranking import RankingMetrics, propensities
+from mach_tf.inference.scorer import MergedScorer
+from mach_tf.text.statistics import load_featurizer
+from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.manifest import Manifest
+from tfrecords_tools.verification import located_read_errors
+
+#: The file an export keeps its run's config and settings in, under ``assets.extra/``.
+EXPORT_INFO = "mach_tf.json"
+
+
+def export_info_path(export: str) -> str:
+    """Where an export (a version folder) records the config it was made from."""
+    return os.path.join(export, "assets.extra", EXPORT_INFO)
+
+
+def resolve_export(path: str) -> str:
+    """The SavedModel directory of ``path``: itself, or its highest integer version."""
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    if tf.io.gfile.isdir(path):
+        versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(path)
+                    if re.fullmatch(r"\d+/?", v)]
+        for v in sorted(versions, reverse=True):
+            cand = os.path.join(path, str(v))
+            if tf.io.gfile.exists(os.path.join(cand, "saved_model.pb")):
+                return cand
+    raise FileNotFoundError(f"{path}: neither a run directory (config.json) nor a SavedModel "
+                            f"export (saved_model.pb, or BASE/NAME with version folders)")
+
+
+def inverse_propensities(run: str, num_classes: int) -> np.ndarray | None:
+    counts = rundir.load_label_counts(run)
+    if counts is None:
+        return None
+    info_path = rundir.train_data_path(run)
+    n = rundir.read_json(info_path)["num_examples"] if tf.io.gfile.exists(info_path) \
+        else int(counts.sum())
+    return 1.0 / propensities(counts[:num_classes], n)
+
+
+def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 3, 5),
+                        propensities: np.ndarray | None = None) -> dict:
+    """Metrics of always predicting the most frequent training labels (the floor); PSP@k
+    too when the inverse ``propensities`` are given."""
+    kmax = max(ks)
+    top = np.argsort(-np.asarray(label_counts), kind="stable")[:kmax]
+    metrics = RankingMetrics(ks, propensities)
+    for batch in make_dataset(test, 4096, shuffle=False):
+        labels = batch["labels"].to_list()
+        metrics.update(np.tile(top, (len(labels), 1)), labels)
+    return metrics.result()
+
+
+def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
+             candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
+             batch_size: int | None = None, repetitions: int | None = None) -> dict:
+    """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
+
+    Args:
+        model: A run directory, or an export (``BASE/NAME`` or ``BASE/NAME/VERSION``).
+        test: Test data prefix.
+        ks: Cut-offs.
+        decoder: For run directories: ``exact``, ``candidates`` or ``auto``.
+        candidate_buckets: m for candidate decoding.
+        batch_size: Evaluation batch size (default: sized to K).
+        repetitions: For run directories: merge only the first this many repetitions
+            (default all R), to see what more repetitions buy.
+
+    Returns:
+        A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
+        known), ``num_examples``, ``seconds``, ``model``, ``decoder`` and ``repetitions``
+        (merged; ``None`` for exports).
+
+    Raises:
+        mach_tf.errors.RunDirError: test data beyond the model's dimensions.
+        tfrecords_tools.ShardError: naming a corrupt or truncated test shard.
+        ValueError: ``repetitions`` out of range, or given for an export.
+    """
+    with located_read_errors(test):
+        return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
+                         repetitions)
+
+
+def _first_repetitions(model: str, repetitions: int | None):
+    """``(config, stacked model)`` of the run's first ``repetitions`` (all by default),
+    the config narrowed to them so they merge as a model of their own."""
+    config = rundir.load_config(model)
+    num = config.num_repetitions
+    if repetitions is None or repetitions == num:
+        return rundir.load_all(model)
+    if not 1 <= repetitions <= num:
+        raise ValueError(f"repetitions: {model} has {num} repetitions, asked to merge "
+                         f"{repetitions}")
+    reps = list(range(repetitions))
+    _, stacked = rundir.load_all(model, reps)
+    return config.replace(num_repetitions=repetitions,
+                          hashing=config.hash_family.subset(reps).to_dict()), stacked
+
+
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions) -> dict:
+    ks = sorted(set(int(k) for k in ks))
+    kmax = max(ks)
+    t0 = time.time()
+    if rundir.is_run_dir(model):
+        config, stacked = _first_repetitions(model, repetitions)
+        check_data(config, test, "test")
+        scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
+        metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
+        bs = batch_size or scorer.eval_batch_size()
+        featurizer = load_featurizer(model, config) if config.text is not None else None
+        for inputs, labels in evaluation_dataset(test, bs, featurizer):
+            _, ids = scorer.topk(inputs, kmax)
+            metrics.update(ids.numpy(), labels.to_list())
+        used = scorer.decoder
+        merged = config.num_repetitions
+    else:
+        if repetitions is not None:
+            raise ValueError("repetitions: an export merges all of its repetitions; give "
+                             "the run directory to evaluate fewer")
+        path = resolve_export(model)
+        info = export_info_path(path)
+        if tf.io.gfile.exists(info):  # the run config the export was made from
+            check_data(MachConfig.from_dict(rundir.read_json(info)["config"]), test, "test")
+        text = Manifest.load(test).text  # raw text goes to predict_text as strings
+        loaded = tf.saved_model.load(path)
+        fn = loaded.signatures["predict_text" if text else "serving_default"]
+        metrics = RankingMetrics(ks)
+        for inputs, labels in evaluation_dataset(test, batch_size or 256, raw_text=text):
+            out = fn(text=inputs) if text else fn(feature_ids=inputs["feature_ids"],
+                                                  feature_values=inputs["feature_values"])
+            ids = out["label_ids"].numpy()
+            if ids.shape[1] < kmax:
+                raise ValueError(f"{path} returns the top {ids.shape[1]} labels; P@{kmax} needs "
+                                 f"an export with --top-k >= {kmax}")
+            metrics.update(ids, labels.to_list())
+        used = "export"
+        model = path
+        merged = None
+    result = metrics.result()
+    result.update(seconds=round(time.time() - t0, 3), model=model, decoder=used,
+                  repetitions=merged)
+    return result

@@ -1,0 +1,340 @@
+"""Keras callbacks of a worker's group: the merged validation metric and what it drives,
+the guard against a diverging loss, and progress events.
+
+:class:`MergedValidation` scores the validation sample after every epoch with merged
+top-k, exactly as evaluation and serving merge, and adds two families of metrics to the
+epoch's ``logs``:
+
+* ``merged_p@1``, ``merged_p@3``, ``merged_p@5``, ``merged_ndcg@1`` ...: the group's
+  repetitions together with every repetition of the run already complete: the run's
+  accuracy so far.
+* ``group_merged_p@1`` ...: the group's repetitions alone. Early stopping and the plateau
+  schedule watch these: the run-level merge dilutes a later group's progress among the
+  repetitions already complete (measured: with 12 of 16 complete, groups stopped after
+  their first epoch), and the group-level merge makes a repetition's training independent
+  of which other repetitions happen to be complete, whatever the worker layout.
+
+Callbacks placed after it in the list (early stopping, the learning-rate schedule on
+plateau, TensorBoard, keras-tuner's trial callbacks) read the metrics from there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mach_tf import rundir
+from mach_tf.config import MachConfig
+from mach_tf.errors import NonFiniteLossError
+from mach_tf.inference.decoder import MergedTopK
+from mach_tf.inference.ranking import RankingMetrics
+from mach_tf.model.network import bucket_scores
+from mach_tf.training.validation import ValidationSample, eval_batch_size
+
+PREFIX = "merged_"
+GROUP_PREFIX = "group_merged_"
+KS = (1, 3, 5)
+
+
+def monitor_name(config: MachConfig) -> str:
+    """The logs key early stopping and the schedule watch, e.g. ``group_merged_ndcg@5``."""
+    return GROUP_PREFIX + config.early_stopping_metric
+
+
+def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.ndarray:
+    """The merge-ready bucket scores ``[n, G, B]`` of ``model``'s repetitions on ``sample``."""
+    # Eager: run once per group on a few thousand points, where a tf.function per call
+    # would only add a trace per group (and TensorFlow's retracing warnings).
+    def score(inputs):
+        return bucket_scores(model(inputs, training=False), config.loss, config.merge)
+
+    return np.concatenate([score(inputs).numpy() for inputs, _ in sample.batches], axis=0)
+
+
+def completed_scores(run: str, config: MachConfig, sample: ValidationSample,
+                     exclude: Sequence[int] = (), cache: dict | None = None
+                     ) -> tuple[list[int], np.ndarray | None]:
+    """``(repetitions, scores [n, R_done, B])`` of the run's complete repetitions (other
+    than ``exclude``) on ``sample``; ``([], None)`` when none is complete yet.
+
+    ``cache``: a dict kept by the caller across the groups of one worker (same run, same
+    sample): each complete repetition is loaded and scored once, not once per later group.
+    """
+    done = [r for r in range(config.num_repetitions)
+            if r not in set(exclude) and rundir.is_complete(run, r)]
+    if not done:
+        return [], None
+    cache = {} if cache is None else cache
+    key = (run, sample.num_examples, hash(tuple(tuple(y) for y in sample.labels)))
+    if cache.get("key") != key:
+        cache.clear()
+        cache["key"] = key
+    scores = cache.setdefault("scores", {})
+    missing = [r for r in done if r not in scores]
+    if missing:
+        _, stacked = rundir.load_all(run, missing)
+        fresh = bucket_scores_of(stacked, config, sample)
+        for i, r in enumerate(missing):
+            scores[r] = fresh[:, i]
+    return done, np.stack([scores[r] for r in done], axis=1)
+
+
+class MergedValidation(keras.callbacks.Callback):
+    """Adds the merged validation metrics to the logs after every epoch.
+
+    Args:
+        config: The run's config.
+        sample: The validation points.
+        repetitions: The repetitions the trained model holds, in its group order.
+        done_repetitions: Repetitions already complete, merged in as well.
+        done_scores: Their merge-ready bucket scores on ``sample``, ``[n, R_done, B]``.
+
+    After each epoch, ``history`` gets ``{"epoch", "repetitions", "run": {...},
+    "group": {...}}`` with the run-level and group-level metrics.
+    """
+
+    def __init__(self, config: MachConfig, sample: ValidationSample,
+                 repetitions: Sequence[int], done_repetitions: Sequence[int] = (),
+                 done_scores: np.ndarray | None = None):
+        super().__init__()
+        self.config = config
+        self.sample = sample
+        self.repetitions = list(repetitions)
+        self.done_repetitions = list(done_repetitions)
+        if self.done_repetitions and (done_scores is None or done_scores.shape[:2] != (
+                sample.num_examples, len(self.done_repetitions))):
+            raise ValueError("done_scores must be [num_examples, len(done_repetitions), B]")
+        self.done_scores = done_scores if self.done_repetitions else None
+        # Exact, or candidates above 100k classes, as evaluation decides (decoder "auto").
+        family = config.hash_family
+        self.run_decoder = MergedTopK(
+            config.num_classes, family.subset(self.done_repetitions + self.repetitions).to_dict(),
+            k=max(KS))
+        self.group_decoder = MergedTopK(config.num_classes,
+                                        family.subset(self.repetitions).to_dict(), k=max(KS))
+        self.history: list[dict] = []
+        self._fn = None
+
+    def _score_fn(self):
+        config, model = self.config, self.model
+        run_decoder, group_decoder = self.run_decoder, self.group_decoder
+
+        @tf.function(reduce_retracing=True)
+        def fn(inputs, done):  # traced once with and once without ``done``
+            s = bucket_scores(model(inputs, training=False), config.loss, config.merge)
+            group_ids = group_decoder(s)[1]
+            if done is None:
+                return group_ids, group_ids
+            return run_decoder(tf.concat([done, s], axis=1))[1], group_ids
+
+        return fn
+
+    def compute(self) -> dict:
+        """``{"run": metrics, "group": metrics}`` of the model as it is now."""
+        if self._fn is None:
+            self._fn = self._score_fn()
+        run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
+        step = eval_batch_size(self.config.num_classes)
+        start = 0
+        for inputs, labels in self.sample.batches:
+            for i in range(0, len(labels), step):
+                part = {k: v[i:i + step] for k, v in inputs.items()}
+                n = len(part["feature_ids"])
+                done = None if self.done_scores is None else \
+                    tf.constant(self.done_scores[start:start + n])
+                run_ids, group_ids = self._fn(part, done)
+                run_metrics.update(run_ids.numpy(), labels[i:i + n])
+                group_metrics.update(group_ids.numpy(), labels[i:i + n])
+                start += n
+        return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
+                for name, m in (("run", run_metrics), ("group", group_metrics))}
+
+    def on_epoch_end(self, epoch, logs=None):
+        res = self.compute()
+        entry = {"epoch": epoch, "repetitions": len(self.done_repetitions) +
+                 len(self.repetitions), **res}
+        self.history.append(entry)
+        if logs is not None:
+            for prefix, name in ((PREFIX, "run"), (GROUP_PREFIX, "group")):
+                for k, v in res[name].items():
+                    logs[prefix + k] = float(v)
+            logs[PREFIX + "repetitions"] = float(entry["repetitions"])
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` (``mode="max"``, best weights restored) whose state survives
+    the two ``fit`` calls of a resumed epoch and a worker's restart.
+
+    :func:`mach_tf.training.checkpoint.fit_resumable` drives it: it sets ``hold_end`` so that the
+    end of a ``fit`` that is not the end of training restores nothing, calls
+    :meth:`resume` with the epochs run before a restart, keeps the checkpoint of
+    :meth:`kept_epoch` (the best epoch's weights) and calls :meth:`finish` at the end.
+    Used in a plain ``model.fit`` it behaves as Keras' ``EarlyStopping``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="max", restore_best_weights=True, **kwargs)
+        self.hold_end = False
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:  # later fit calls of the same training keep the state
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def on_train_end(self, logs=None):
+        if not self.hold_end:
+            self.finish()
+
+    def finish(self) -> None:
+        """Puts the best epoch's weights back (the end of Keras' ``on_train_end``)."""
+        super().on_train_end()
+
+    def kept_epoch(self) -> int | None:
+        """The epoch whose end-of-epoch weights are the best so far (``None``: none)."""
+        return self.best_epoch if self.best is not None else None
+
+    def resume(self, history: dict, weights_at_epoch) -> bool:
+        """Replays the monitored values of the epochs run before a restart.
+
+        Args:
+            history: ``{key: [value per epoch]}`` of those epochs.
+            weights_at_epoch: ``f(epoch)`` returning the model's weights at the end of
+                ``epoch`` (``None`` when they are no longer kept).
+
+        Returns:
+            ``False`` when the best epoch's weights were lost (both of its checkpoint
+            files unreadable); the best then restarts from the current weights.
+        """
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.on_train_begin()
+        for epoch, current in enumerate(history.get(self.monitor, [])):
+            if epoch < self.start_from_epoch:
+                continue
+            self.wait += 1
+            if self._is_improvement(current, self.best):
+                self.best, self.best_epoch = current, epoch
+                if self.baseline is None or self._is_improvement(current, self.baseline):
+                    self.wait = 0
+            elif self.wait >= self.patience and epoch > 0:
+                self.stopped_epoch = epoch  # killed after it stopped, before it finished
+        if self.best is None:
+            return True
+        self.best_weights = weights_at_epoch(self.best_epoch)
+        if self.best_weights is None:
+            self.best = None
+            return False
+        return True
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` (``mode="max"``) whose counters survive the two ``fit`` calls
+    of a resumed epoch and a worker's restart (the learning rate itself is optimizer
+    state, saved with the checkpoint)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(mode="max", **kwargs)
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def resume(self, history: dict, weights_at_epoch=None) -> bool:
+        """Replays the epochs run before a restart: ``history`` holds the monitored value
+        and the ``learning_rate`` each epoch ended with (before any reduction)."""
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.on_train_begin()
+        rates = history.get("learning_rate", [])
+        for epoch, current in enumerate(history.get(self.monitor, [])):
+            if self.in_cooldown():
+                self.cooldown_counter -= 1
+                self.wait = 0
+            if self._is_improvement(current, self.best):
+                self.best, self.wait = current, 0
+            elif not self.in_cooldown():
+                self.wait += 1
+                if self.wait >= self.patience and epoch < len(rates) and \
+                        rates[epoch] > np.float32(self.min_lr):
+                    self.cooldown_counter, self.wait = self.cooldown, 0
+        return True
+
+
+def training_callbacks(config: MachConfig, sample: ValidationSample | None,
+                       repetitions: Sequence[int], done_repetitions: Sequence[int] = (),
+                       done_scores: np.ndarray | None = None) -> list:
+    """The merged validation and the callbacks it drives, in the order they must run.
+
+    Without a validation sample there is no merged metric, so no early stopping and no
+    schedule on plateau: the group trains ``config.epochs`` epochs.
+    """
+    if sample is None:
+        return []
+    out = [MergedValidation(config, sample, repetitions, done_repetitions, done_scores)]
+    monitor = monitor_name(config)
+    if config.early_stopping_patience > 0:
+        out.append(ResumableEarlyStopping(monitor=monitor,
+                                          patience=config.early_stopping_patience))
+    if config.lr_schedule == "plateau":
+        out.append(ResumablePlateau(monitor=monitor, factor=0.5, patience=2, min_delta=0.0,
+                                    min_lr=config.learning_rate / 64))
+    return out
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops a group whose loss turns NaN/Inf, so no completion marker is written.
+
+    Raises:
+        NonFiniteLossError: naming the epoch, the batch and the learning rate.
+    """
+
+    def __init__(self, learning_rate: float):
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise NonFiniteLossError(
+                f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                f"{batch + 1}: training diverged (lower the learning rate, now "
+                f"{self.learning_rate:g}, or look for extreme feature values)")
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """Sends an ``epoch`` progress event (loss, bucket accuracy) after every epoch, for a
+    launcher's display.
+
+    Args:
+        emit: Receives the events (dicts).
+        worker: This worker's index.
+        group: The group's repetitions.
+        epochs: The epoch cap.
+    """
+
+    def __init__(self, emit: Callable[[dict], None], worker: int, group: Sequence[int],
+                 epochs: int):
+        super().__init__()
+        self.emit = emit
+        self.worker = worker
+        self.group = list(group)
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.emit({"event": "epoch", "worker": self.worker, "reps": self.group,
+                   "epoch": epoch + 1, "epochs": self.epochs,
+                   "loss": float(logs.get("loss", float("nan"))),
+                   "bucket_acc": float(logs.get("bucket_acc", float("nan")))})

@@ -1,0 +1,58 @@
+"""The training input of a worker: its thread budget and each group's epochs of batches.
+
+Epoch ``e`` of a group is a fixed function of ``(config.seed, e)``, so a group resumed
+from a step checkpoint sees exactly the batches an uninterrupted one would, and a tuner
+trial sees the batches ``mach-tf train`` gives the same group.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from mach_tf.config import MachConfig
+from mach_tf.data import training_dataset
+
+_THREADS: int | None = None  # this process's thread budget, once configure_threads set it
+
+
+def configure_threads(threads: int | None) -> None:
+    """Sizes TensorFlow's thread pools (call before any TensorFlow op runs).
+
+    The training input pipeline's tf.data thread pool gets the same size (see
+    :func:`epochs_dataset`), so a worker given ``threads`` cores stays within them.
+    """
+    global _THREADS
+    if not threads:
+        return
+    _THREADS = int(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, int(threads))))
+    except RuntimeError:
+        pass  # already initialised: keep TensorFlow's pools
+
+
+def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
+                   skip: int, steps: int, featurizer=None, record_filter=None):
+    """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
+    first left out. Epoch ``e`` is shuffled with seed ``config.seed + e`` alone, so a
+    resumed group sees exactly the batches an uninterrupted one would.
+
+    Each epoch is exactly ``steps`` batches of its own repeated stream: with a carved
+    validation split (``record_filter``) the number of training records is only
+    estimated, and an epoch must never run out of data."""
+    out = None
+    for e in range(first, config.epochs):
+        ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e,
+                              repeat=True, featurizer=featurizer, record_filter=record_filter)
+        ds = ds.take(steps)
+        if e == first and skip:
+            ds = ds.skip(skip)  # reads, but does not train on, the batches already done
+        out = ds if out is None else out.concatenate(ds)
+    if _THREADS:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = _THREADS
+        out = out.with_options(options)
+    return out

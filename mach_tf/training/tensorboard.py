@@ -1,0 +1,248 @@
+"""TensorBoard summaries of a run: per repetition, merged, and the HParams dashboard.
+
+Layout under ``RUN/logs/`` (each worker process writes its own event files; TensorBoard
+reads every file of a directory as one run, so workers may share the directories):
+
+* ``rep-XXX/``: scalars of repetition ``XXX``, step = epoch (1-based): ``train/loss`` and
+  ``train/bucket_acc`` (from the compiled metrics ``rep_XXX_loss`` / ``rep_XXX_acc``, or
+  the group's ``loss`` / ``bucket_acc`` for a group of one), and with a validation sample
+  ``validation/loss`` and ``validation/bucket_acc`` (the repetition alone on the
+  held-out points).
+* ``merged/``: the merged validation of :class:`mach_tf.training.callbacks.MergedValidation`
+  after every epoch, ``merged/p@1`` ... ``merged/ndcg@5`` and ``merged/repetitions``, at
+  step ``1000 * repetitions merged + epoch``: monotone for every writer (a group's
+  repetition count is fixed, its epochs grow) and readable: step 4003 is epoch 3 of a
+  group whose merge held 4 repetitions. Workers training groups side by side may write
+  the same step. After training, :func:`write_run_summary` adds the whole model's merged
+  validation as ``final/p@1`` ... ``final/ndcg@5`` (step R) and the HParams session (this
+  directory is the session's run, the ``final/`` tags its metrics).
+* ``group-.../``: Keras' own TensorBoard callback per group (the group's summed loss and
+  every epoch-log key).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+from mach_tf import rundir
+from mach_tf.config import MachConfig
+from mach_tf.data import bucket_targets
+from mach_tf.model.losses import bucket_loss
+from mach_tf.text.statistics import load_featurizer
+from mach_tf.training.callbacks import PREFIX, MergedValidation
+from mach_tf.training.validation import DataSplit, load_sample, sample_budget
+
+MERGED_TAGS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
+STEP_PER_REPETITION = 1000
+#: Config fields shown as hyper-parameters in the HParams dashboard (name -> field).
+HPARAMS = {"K": "num_classes", "D": "num_features", "B": "num_buckets",
+           "R": "num_repetitions", "hidden": "hidden_units", "dropout": "dropout",
+           "loss": "loss", "merge": "merge", "lr": "learning_rate",
+           "lr_schedule": "lr_schedule", "batch": "batch_size", "epochs": "epochs",
+           "optimizer": "optimizer", "feature_norm": "feature_norm",
+           "feature_weighting": "feature_weighting", "group_size": "group_size",
+           "seed": "seed"}
+
+
+def merged_step(repetitions: int, epoch: int) -> int:
+    """The step of a merged validation: ``1000 * repetitions + epoch`` (epoch 1-based)."""
+    return STEP_PER_REPETITION * int(repetitions) + int(epoch)
+
+
+class _Writers:
+    """File writers opened on first use, flushed after every write, closed at the end of
+    each ``fit`` (a resumed epoch runs two fits; the second opens new files)."""
+
+    def __init__(self):
+        self._open: dict = {}
+
+    def get(self, logdir: str):
+        if logdir not in self._open:
+            self._open[logdir] = tf.summary.create_file_writer(logdir)
+        return self._open[logdir]
+
+    def close(self):
+        for w in self._open.values():
+            w.close()
+        self._open = {}
+
+
+def validation_by_repetition(model, config: MachConfig, repetitions: Sequence[int],
+                             sample) -> tuple[np.ndarray, np.ndarray]:
+    """``(loss [G], bucket_acc [G])`` of each repetition of ``model`` on a validation sample.
+
+    The loss is the training loss (:func:`mach_tf.model.losses.bucket_loss`, averaged over
+    all points); the accuracy the share of labelled points whose top bucket holds one of
+    their labels, as the compiled metrics measure them in training.
+    """
+    g_count = len(repetitions)
+    loss = np.zeros(g_count)
+    hits = np.zeros(g_count)
+    labelled = np.zeros(g_count)
+    n = 0
+    for inputs, labels in sample.batches:
+        lengths = [len(y) for y in labels]
+        ragged = tf.RaggedTensor.from_row_lengths(
+            tf.constant([v for y in labels for v in y], tf.int64),
+            tf.constant(lengths, tf.int64))
+        targets = bucket_targets(ragged, config, repetitions)  # [batch, G, L]
+        logits = model(inputs, training=False)
+        for g in range(g_count):
+            loss[g] += float(tf.reduce_sum(bucket_loss(targets[:, g:g + 1],
+                                                       logits[:, g:g + 1], config.loss)))
+        top = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
+        has = tf.reduce_any(targets >= 0, axis=-1)
+        hit = tf.reduce_any(tf.equal(targets, top), axis=-1) & has
+        hits += tf.reduce_sum(tf.cast(hit, tf.float64), axis=0).numpy()
+        labelled += tf.reduce_sum(tf.cast(has, tf.float64), axis=0).numpy()
+        n += len(labels)
+    return loss / max(n, 1), np.divide(hits, labelled, out=np.zeros(g_count),
+                                       where=labelled > 0)
+
+
+class RepetitionScalars(keras.callbacks.Callback):
+    """Writes each repetition's training (and validation) loss and bucket accuracy to
+    ``RUN/logs/rep-XXX/`` after every epoch, step = epoch (1-based).
+
+    Args:
+        run: The run directory.
+        config: The run's config.
+        repetitions: The group's repetitions, in model order.
+        sample: The validation sample (``None``: training scalars only).
+    """
+
+    def __init__(self, run: str, config: MachConfig, repetitions: Sequence[int],
+                 sample=None):
+        super().__init__()
+        self.run = run
+        self.config = config
+        self.repetitions = list(repetitions)
+        self.sample = sample
+        self._writers = _Writers()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        single = len(self.repetitions) == 1
+        val = None
+        if self.sample is not None:
+            val = validation_by_repetition(self.model, self.config, self.repetitions,
+                                           self.sample)
+        for g, r in enumerate(self.repetitions):
+            values = {
+                "train/loss": logs.get("loss" if single else f"rep_{r:03d}_loss"),
+                "train/bucket_acc": logs.get("bucket_acc" if single else f"rep_{r:03d}_acc")}
+            if val is not None:
+                values["validation/loss"] = val[0][g]
+                values["validation/bucket_acc"] = val[1][g]
+            writer = self._writers.get(rundir.rep_logdir(self.run, r))
+            with writer.as_default(step=epoch + 1):
+                for tag, v in values.items():
+                    if v is not None:
+                        tf.summary.scalar(tag, float(v))
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writers.close()
+
+
+class MergedScalars(keras.callbacks.Callback):
+    """Writes the merged validation metrics of the epoch logs (``merged_p@1`` ...,
+    put there by :class:`mach_tf.training.callbacks.MergedValidation`) to ``RUN/logs/merged/`` at
+    step :func:`merged_step`. Does nothing in epochs without them."""
+
+    def __init__(self, run: str):
+        super().__init__()
+        self.run = run
+        self._writers = _Writers()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if PREFIX + "repetitions" not in logs:
+            return
+        reps = int(logs[PREFIX + "repetitions"])
+        writer = self._writers.get(rundir.merged_logdir(self.run))
+        with writer.as_default(step=merged_step(reps, epoch + 1)):
+            for k in MERGED_TAGS:
+                if PREFIX + k in logs:
+                    tf.summary.scalar(f"merged/{k}", float(logs[PREFIX + k]))
+            tf.summary.scalar("merged/repetitions", float(reps))
+        writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writers.close()
+
+
+def reporting_callbacks(run: str, config: MachConfig, repetitions: Sequence[int],
+                        sample=None) -> list:
+    """The summary writers a worker's group trains with (see module docstring)."""
+    return [RepetitionScalars(run, config, repetitions, sample), MergedScalars(run)]
+
+
+def hparams_of(config: MachConfig) -> dict:
+    """The config's hyper-parameters as HParams values (lists become strings)."""
+    out = {}
+    for name, field in HPARAMS.items():
+        v = getattr(config, field)
+        if isinstance(v, (list, tuple)):
+            v = "x".join(str(x) for x in v) or "none"
+        out[name] = v
+    return out
+
+
+def final_validation(run: str, config: MachConfig | None = None) -> dict | None:
+    """The merged validation metrics of every repetition of a complete run, on the
+    validation sample its workers used (``RUN/validation.json``); ``None`` when the run
+    has no validation split or is not complete."""
+    config = config or rundir.load_config(run)
+    info_path = rundir.validation_path(run)
+    if not tf.io.gfile.exists(info_path) or not all(
+            rundir.is_complete(run, r) for r in range(config.num_repetitions)):
+        return None
+    info = rundir.read_json(info_path)
+    if not info.get("valid"):
+        return None
+    split = DataSplit.from_dict(info)
+    featurizer = load_featurizer(run, config) if config.text is not None else None
+    sample = load_sample(split, sample_budget(config), featurizer=featurizer)
+    _, stacked = rundir.load_all(run)
+    mv = MergedValidation(config, sample, list(range(config.num_repetitions)))
+    mv.set_model(stacked)
+    res = mv.compute()["run"]
+    return {k: float(v) for k, v in res.items()}
+
+
+def write_run_summary(run: str, config: MachConfig | None = None,
+                      extra_metrics: dict | None = None) -> dict:
+    """Writes the final merged validation (``final/...`` scalars) and the HParams session
+    of a trained run to ``RUN/logs/merged/``.
+
+    Args:
+        run: The run directory (all repetitions complete for the final metrics).
+        config: Its config (default: ``RUN/config.json``).
+        extra_metrics: More final scalars, e.g. ``{"train_seconds": 12.3}``.
+
+    Returns:
+        ``{"final": metrics or None, "hparams": values, "logdir": path}``.
+    """
+    config = config or rundir.load_config(run)
+    final = final_validation(run, config)
+    values = hparams_of(config)
+    scalars = {f"final/{k}": v for k, v in (final or {}).items() if k in MERGED_TAGS}
+    scalars.update({f"final/{k}": float(v) for k, v in (extra_metrics or {}).items()})
+    logdir = rundir.merged_logdir(run)
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default(step=config.num_repetitions):
+        # No experiment summary (hp.hparams_config): the dashboard then infers it from
+        # every session it finds, so runs with other settings or metrics compare too.
+        hp.hparams({hp.HParam(k): v for k, v in values.items()},
+                   trial_id=os.path.basename(os.path.abspath(run)))
+        for tag, v in scalars.items():
+            tf.summary.scalar(tag, v)
+    writer.close()
+    return {"final": final, "hparams": values, "logdir": logdir}

@@ -1,0 +1,109 @@
+"""The mach-tf command, run for real in subprocesses."""
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import run_cli
+
+SUBCOMMANDS = ["convert", "verify", "synth", "train", "export", "evaluate", "predict", "tune",
+               "demo"]
+
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help_has_examples(sub):
+    res = run_cli(sub, "--help")
+    assert res.returncode == 0
+    assert "examples:" in res.stdout and f"mach-tf {sub}" in res.stdout
+
+
+def test_usage_errors_exit_2():
+    assert run_cli().returncode == 2
+    res = run_cli("train", "--model-dir", "x")
+    assert res.returncode == 2 and "--train" in res.stderr
+    assert run_cli("convert", "a", "b", "--format", "csv").returncode == 2
+
+
+def test_failures_exit_1_with_one_line(tmp_path):
+    missing = tmp_path / "missing.txt"
+    res = run_cli("convert", missing, tmp_path / "out")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == \
+        f"mach-tf convert: error: {missing}: no such file"
+    assert "Traceback" not in res.stderr
+    verbose = run_cli("convert", missing, tmp_path / "out", "--verbose")
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_bad_line_is_located(tmp_path):
+    src = tmp_path / "bad.txt"
+    src.write_text("2 10 3\n0 1:1\n0 1:1 1:2\n")
+    res = run_cli("convert", src, tmp_path / "out")
+    assert res.returncode == 1
+    assert f"{src}:3: duplicate feature id 1" in res.stderr
+
+
+def test_pipeline_end_to_end(tmp_path):
+    d = tmp_path / "data"
+    res = run_cli("synth", d, "--num-labels", 40, "--num-features", 200, "--train", 600,
+                  "--test", 100, "--convert", "--json")
+    assert res.returncode == 0, res.stderr
+    synth = last_json(res.stdout)
+
+    res = run_cli("convert", synth["test"], tmp_path / "test2", "--shards", 2, "--compression",
+                  "gzip", "--json")
+    assert res.returncode == 0, res.stderr
+    assert last_json(res.stdout)["num_examples"] == 100
+
+    run = tmp_path / "run"
+    res = run_cli("train", "--train", synth["train_prefix"], "--model-dir", run, "--buckets", 8,
+                  "--repetitions", 4, "--hidden", 32, "--epochs", 4, "--batch-size", 32,
+                  "--learning-rate", 0.005, "--workers", 2, "--json")
+    assert res.returncode == 0, res.stderr
+    summary = last_json(res.stdout)
+    assert summary["trained"] == [0, 1, 2, 3] and summary["complete"] == 4
+    assert "tensorboard --logdir" in res.stderr
+    # progress across repetitions, from the completion markers the workers write
+    assert "train [--------------------] 0/4 repetitions complete (0%)" in res.stderr
+    assert "train [####################] 4/4 repetitions complete (100%)" in res.stderr
+    assert 0.0 < summary["final_validation"]["p@1"] <= 1.0
+    # each worker process wrote its own event files: rep 0 (worker 0), rep 1 (worker 1)
+    pids = {r: {f.split(".")[-3] for f in os.listdir(run / "logs" / f"rep-{r:03d}")
+                if f.startswith("events.out.tfevents.")} for r in range(4)}
+    assert all(pids.values()) and pids[0] == pids[2] and pids[1] == pids[3]
+    assert not pids[0] & pids[1]
+    assert any(f.startswith("events.out.tfevents.") for f in os.listdir(run / "logs" / "merged"))
+
+    res = run_cli("train", "--train", synth["train_prefix"], "--model-dir", run, "--json")
+    assert res.returncode == 0 and last_json(res.stdout)["skipped"] == [0, 1, 2, 3]
+    res = run_cli("train", "--train", synth["train_prefix"], "--model-dir", run,
+                  "--buckets", 16)
+    assert res.returncode == 1 and "different config" in res.stderr
+
+    res = run_cli("export", "--model-dir", run, "--output", tmp_path / "serving" / "mach",
+                  "--top-k", 5, "--json")
+    assert res.returncode == 0, res.stderr
+    exported = last_json(res.stdout)
+    steps = [ln for ln in res.stderr.splitlines() if ln.startswith("export [")]
+    assert [ln[:12] for ln in steps] == [f"export [{i}/4]" for i in range(1, 5)], steps
+    assert exported["path"].endswith("mach/1") and exported["verified_queries"] > 0
+
+    for model in (run, tmp_path / "serving" / "mach"):
+        res = run_cli("evaluate", "--model", model, "--test", tmp_path / "test2", "--json")
+        assert res.returncode == 0, res.stderr
+        metrics = last_json(res.stdout)
+        assert metrics["num_examples"] == 100
+        assert {"p@1", "p@3", "p@5", "ndcg@5"} <= set(metrics)
+        assert metrics["p@1"] > 0.3
+
+    lines = open(synth["test"]).read().splitlines()[1:4]
+    res = run_cli("predict", "--model", tmp_path / "serving" / "mach", "--top-k", 3,
+                  input_text="\n".join(lines) + "\n")
+    assert res.returncode == 0, res.stderr
+    answers = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert len(answers) == 3 and all(len(a["label_ids"]) == 3 for a in answers)

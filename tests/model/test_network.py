@@ -1,0 +1,228 @@
+"""Per-repetition Keras models: layer maths, serialization round trips, grouping."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mach_tf.config import MachConfig
+from mach_tf.data import bucket_targets
+from mach_tf.model.layers import GroupedDense, SparseDense
+from mach_tf.model.losses import bucket_loss
+from mach_tf.model.network import MachModel, bucket_scores, build_model, compile_model, split, stack
+
+
+def sparse_batch(rng, batch=6, width=5, dim=40):
+    ids = np.full((batch, width), -1, np.int64)
+    vals = np.zeros((batch, width), np.float32)
+    for i in range(batch):
+        n = rng.integers(0, width + 1)
+        ids[i, :n] = rng.choice(dim, n, replace=False)
+        vals[i, :n] = rng.uniform(0.5, 2.0, n)
+    return {"feature_ids": ids, "feature_values": vals}
+
+
+def dense_of(x, dim):
+    d = np.zeros((len(x["feature_ids"]), dim), np.float32)
+    for i, (ids, vals) in enumerate(zip(x["feature_ids"], x["feature_values"])):
+        for j, v in zip(ids, vals):
+            if j >= 0:
+                d[i, j] += v
+    return d
+
+
+@pytest.fixture
+def config():
+    # dropout=0: grouped and separate training draw different dropout masks.
+    return MachConfig.from_data(50, 40, num_buckets=8, num_repetitions=3, hidden_units=[6, 5],
+                                dropout=0.0, seed=2)
+
+
+@pytest.mark.parametrize("normalize", ["none", "l2"])
+def test_sparse_dense_equals_dense_matmul(normalize):
+    rng = np.random.default_rng(0)
+    x = sparse_batch(rng)
+    layer = SparseDense(40, 4, groups=2, activation="linear", normalize=normalize)
+    layer.build(None)
+    out = layer(x["feature_ids"], x["feature_values"]).numpy()
+    d = dense_of(x, 40)
+    if normalize == "l2":
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+    expected = (d @ np.asarray(layer.kernel) + np.asarray(layer.bias)).reshape(-1, 2, 4)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("empty_rows", [(), (0, 3), (4, 5), tuple(range(6))])
+def test_gathered_sparse_input_equals_dense_matmul(empty_rows):
+    """The gather path (D above DENSE_INPUT_MAX_FEATURES) gives the GEMM's result, also for
+    examples without features at the start or the end of the batch, and its kernel
+    gradient is the dense one, as row slices."""
+    from mach_tf.model.layers import DENSE_INPUT_MAX_FEATURES
+
+    dim = DENSE_INPUT_MAX_FEATURES + 40
+    x = sparse_batch(np.random.default_rng(5))
+    x["feature_ids"] = np.where(x["feature_ids"] >= 0, x["feature_ids"] + dim - 40, -1)
+    for i in empty_rows:
+        x["feature_ids"][i] = -1
+    layer = SparseDense(dim, 4, groups=2, activation="linear", normalize="none")
+    layer.build(None)
+    with tf.GradientTape() as tape:
+        out = layer(x["feature_ids"], x["feature_values"])
+        loss = tf.reduce_sum(out ** 2)
+    grad = tape.gradient(loss, layer.kernel)
+    assert isinstance(grad, tf.IndexedSlices)
+    d = dense_of(x, dim)
+    expected = d @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+    np.testing.assert_allclose(out.numpy(), expected.reshape(-1, 2, 4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), d.T @ (2 * expected),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_dense_is_independent_denses():
+    layer = GroupedDense(3, groups=2, activation="relu")
+    x = np.random.default_rng(1).normal(size=(4, 2, 5)).astype(np.float32)
+    out = layer(x).numpy()
+    for g in range(2):
+        k, b = layer.block(g)
+        np.testing.assert_allclose(out[:, g], np.maximum(x[:, g] @ k + b, 0), rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    SparseDense(40, 4, groups=2, seeds=[3, 4], normalize="l2", name="sd"),
+    GroupedDense(3, groups=2, activation="relu", seeds=[5, 6], name="gd")])
+def test_layer_serialization_round_trip(layer):
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config
+    assert keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)).get_config() == config
+
+
+def test_model_keras_round_trip(tmp_path, config):
+    model = build_model(config, [0, 2])
+    x = sparse_batch(np.random.default_rng(2))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, MachModel) and loaded.repetitions == [0, 2]
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
+
+
+def test_initialisation_does_not_depend_on_grouping(config):
+    grouped = build_model(config, [0, 1, 2])
+    alone = [build_model(config, [r]) for r in range(3)]
+    for g, m in enumerate(alone):
+        for a, b in zip(grouped.repetition_weights(g), m.repetition_weights(0)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_split_and_stack_preserve_outputs(config):
+    model = build_model(config, [0, 1, 2])
+    for v in model.trainable_variables:  # move away from the seeded initialisation
+        v.assign(v + tf.random.stateless_normal(v.shape, [1, 2]) * 0.1)
+    x = sparse_batch(np.random.default_rng(3))
+    full = model(x).numpy()
+    parts = split(model)
+    for g, m in enumerate(parts):
+        np.testing.assert_allclose(m(x).numpy()[:, 0], full[:, g], rtol=1e-5, atol=1e-6)
+    restacked = stack(parts)
+    assert restacked.repetitions == [0, 1, 2]
+    np.testing.assert_allclose(restacked(x).numpy(), full, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_training_equals_separate_training(config):
+    """A group's repetitions get exactly the updates they would get trained alone."""
+    rng = np.random.default_rng(4)
+    x = sparse_batch(rng, batch=16)
+    labels = tf.ragged.constant([[int(v)] for v in rng.integers(0, 50, 16)], tf.int64)
+    y_all = bucket_targets(labels, config, [0, 1, 2])
+    grouped = compile_model(build_model(config, [0, 1, 2]), config)
+    grouped.fit(x, y_all, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for g in range(3):
+        alone = compile_model(build_model(config, [g]), config)
+        alone.fit(x, y_all[:, g:g + 1], batch_size=8, epochs=2, shuffle=False, verbose=0)
+        for a, b in zip(grouped.repetition_weights(g), alone.repetition_weights(0)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_group_metrics_share_one_loss_and_argmax_per_step(config):
+    """The compiled loss and the per-repetition metrics read one cached log-sum-exp and
+    arg-max per step, and report what computing each separately gives."""
+    from mach_tf.model.metrics import RepetitionLoss
+
+    rng = np.random.default_rng(5)
+    x = sparse_batch(rng, batch=32)
+    labels = tf.ragged.constant([[int(v) for v in rng.integers(0, 50, rng.integers(0, 3))]
+                                 for _ in range(32)], tf.int64)
+    y = bucket_targets(labels, config, [0, 1, 2])
+    model = compile_model(build_model(config, [0, 1, 2]), config)
+    cache = model.loss.step_cache
+    assert cache is not None
+    got = model.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    # Each traced step computes the loss once (for the compiled loss and the 3 repetition
+    # losses) and the arg-max once (for the overall and the 3 repetition accuracies).
+
+    def shared():
+        n = cache.computed["loss"]
+        return n >= 1 and cache.computed == {"loss": n, "hits": n} and \
+            cache.requested == {"loss": 4 * n, "hits": 4 * n}
+
+    assert shared()
+    logits = model(x, training=False)
+    want_loss = float(tf.reduce_mean(bucket_loss(y, logits)))
+    assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
+    top = np.argmax(logits.numpy(), axis=-1)
+    yn = y.numpy()
+    has = (yn >= 0).any(-1)
+    hit = (yn == top[..., None]).any(-1) & has
+    assert got["bucket_acc"] == pytest.approx(hit.sum() / has.sum(), rel=1e-6)
+    for g, r in enumerate(model.repetitions):
+        alone = RepetitionLoss(g, config.loss)  # no cache: its own computation
+        alone.update_state(y, logits)
+        assert got[f"rep_{r:03d}_loss"] == pytest.approx(float(alone.result()), rel=1e-5)
+        assert got[f"rep_{r:03d}_acc"] == pytest.approx(
+            hit[:, g].sum() / has[:, g].sum(), rel=1e-6)
+    # training: the same sharing in the train step (loss inside the tape, metrics after)
+    before = cache.computed["loss"]
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert cache.computed["loss"] > before and shared()
+
+
+def test_bucket_targets_hash_labels(config):
+    labels = tf.ragged.constant([[3, 7], [], [11]], tf.int64)
+    y = bucket_targets(labels, config, [2, 0]).numpy()
+    fam = config.hash_family
+    assert y.shape == (3, 2, 2)
+    assert y[0, 0].tolist() == fam.buckets_np([3, 7], [2])[0].tolist()
+    assert y[0, 1].tolist() == fam.buckets_np([3, 7], [0])[0].tolist()
+    assert (y[1] == -1).all() and y[2, :, 1].tolist() == [-1, -1]
+
+
+def test_softmax_loss_by_hand():
+    logits = np.array([[[1.0, 2.0, 0.5]]], np.float32)
+    y = np.array([[[1, 2]]], np.int32)
+    lse = np.log(np.exp(logits).sum())
+    expected = lse - (2.0 + 0.5) / 2
+    np.testing.assert_allclose(bucket_loss(y, logits).numpy(), [expected], rtol=1e-6)
+    # duplicates count twice (two labels in one bucket carry twice the mass); no label: 0
+    y2 = np.array([[[1, 1]], [[-1, -1]]], np.int32)
+    np.testing.assert_allclose(bucket_loss(y2, np.concatenate([logits, logits])).numpy(),
+                               [lse - 2.0, 0.0], rtol=1e-6)
+
+
+def test_sigmoid_loss_by_hand():
+    logits = np.array([[[1.0, -2.0, 0.5]]], np.float32)
+    y = np.array([[[2, 2]]], np.int32)
+    t = np.array([0, 0, 1.0])
+    z = logits[0, 0]
+    expected = np.sum(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
+    np.testing.assert_allclose(bucket_loss(y, logits, "sigmoid").numpy(), [expected],
+                               rtol=1e-6)
+
+
+def test_bucket_scores():
+    z = np.array([[0.0, np.log(3.0)]], np.float32)
+    np.testing.assert_allclose(bucket_scores(z).numpy(), [[0.25, 0.75]], rtol=1e-6)
+    np.testing.assert_allclose(bucket_scores(z, merge="logprob").numpy(),
+                               np.log([[0.25, 0.75]]), rtol=1e-6)

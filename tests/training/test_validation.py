@@ -1,0 +1,379 @@
+"""The validation split, the merged validation metric and early stopping on it."""
+
+import keras
+import numpy as np
+import pytest
+
+from mach_tf import rundir
+from mach_tf.inference.ranking import RankingMetrics
+from mach_tf.inference.reference import merged_topk_numpy
+from mach_tf.model.network import bucket_scores, build_model, compile_model
+from mach_tf.training.callbacks import (MergedValidation, completed_scores, monitor_name,
+                                        training_callbacks)
+from mach_tf.training.group import setup_group
+from mach_tf.training.pipeline import epochs_dataset
+from mach_tf.training.validation import DataSplit, data_split, load_sample, sample_budget
+from tfrecords_tools.dataset import make_dataset
+
+
+def _records(prefix, record_filter=None):
+    """The (feature_ids, labels) of every record, as hashable tuples."""
+    out = []
+    for b in make_dataset(prefix, 128, record_filter=record_filter):
+        for ids, labels in zip(b["feature_ids"].to_list(), b["labels"].to_list()):
+            out.append((tuple(ids), tuple(labels)))
+    return out
+
+
+def test_carved_split_is_disjoint_complete_and_seeded(tiny_data, tiny_config):
+    split = data_split(tiny_config.replace(validation_fraction=0.25), tiny_data["train"])
+    assert split.carved and split.valid == tiny_data["train"]
+    train = _records(split.train, split.train_filter())
+    valid = _records(split.valid, split.valid_filter())
+    everything = _records(tiny_data["train"])
+    assert sorted(train + valid) == sorted(everything)
+    assert not set(train) & set(valid)
+    assert 0.18 < len(valid) / len(everything) < 0.32
+    # The same held-out points in any read order (shuffled, other batch size) ...
+    shuffled = []
+    for b in make_dataset(split.valid, 7, shuffle=True, seed=5,
+                          record_filter=split.valid_filter()):
+        shuffled += [(tuple(i), tuple(y)) for i, y in zip(b["feature_ids"].to_list(),
+                                                          b["labels"].to_list())]
+    assert sorted(shuffled) == sorted(valid)
+    # ... and other points under another seed.
+    other = DataSplit(split.train, split.valid, split.fraction, seed=split.seed + 1)
+    assert sorted(_records(other.valid, other.valid_filter())) != sorted(valid)
+
+
+def test_separate_or_no_validation(tiny_data, tiny_config):
+    split = data_split(tiny_config, tiny_data["train"], tiny_data["test"])
+    assert not split.carved and split.train_filter() is None and split.valid_filter() is None
+    sample = load_sample(split, 50)
+    assert sample.num_examples == 50
+    assert data_split(tiny_config.replace(validation_fraction=0.0), tiny_data["train"]).valid \
+        is None
+    assert load_sample(data_split(tiny_config.replace(validation_fraction=0.0),
+                                  tiny_data["train"]), 50) is None
+
+
+def test_sample_budget_bounds_cached_scores(tiny_config):
+    big = tiny_config.replace(num_repetitions=16, num_buckets=4096,
+                              validation_max_examples=100_000)
+    n = sample_budget(big, bytes_budget=64 << 20)
+    assert n * 16 * 4096 * 4 <= 64 << 20 and n >= 256
+    assert sample_budget(tiny_config) == tiny_config.validation_max_examples
+
+
+def _reference_metrics(config, models_by_rep, sample):
+    """Merged P@k computed independently: numpy merge of every repetition's scores."""
+    reps = sorted(models_by_rep)
+    scores = []
+    for inputs, _ in sample.batches:
+        per = [bucket_scores(models_by_rep[r](inputs), config.loss, config.merge).numpy()
+               for r in reps]
+        scores.append(np.concatenate(per, axis=1))
+    scores = np.concatenate(scores)
+    table = config.hash_family.subset(reps).table(config.num_classes)
+    _, ids = merged_topk_numpy(scores, table, 5)
+    m = RankingMetrics([1, 3, 5])
+    m.update(ids, sample.labels)
+    return m.result()
+
+
+def test_merged_metric_merges_group_with_completed_repetitions(tiny_run, tiny_data,
+                                                               tiny_config):
+    config = tiny_config
+    split = data_split(config, tiny_data["train"])
+    sample = load_sample(split, 120)
+    # Repetitions 0 and 1 of the finished run act as "already complete"; a fresh group
+    # model holds repetitions 2 and 3.
+    done, done_scores = completed_scores(tiny_run, config, sample, exclude=[2, 3])
+    assert done == [0, 1] and done_scores.shape == (sample.num_examples, 2,
+                                                    config.num_buckets)
+    group = build_model(config, [2, 3])
+    cb = MergedValidation(config, sample, [2, 3], done, done_scores)
+    cb.set_model(group)
+    logs = {}
+    cb.on_epoch_end(0, logs)
+    singles = {r: rundir.load_repetition(tiny_run, r) for r in done}
+    from mach_tf.model.network import split as split_group
+
+    singles.update({r: m for r, m in zip([2, 3], split_group(group))})
+    ref = _reference_metrics(config, singles, sample)
+    ref_group = _reference_metrics(config, {r: singles[r] for r in (2, 3)}, sample)
+    for k in ("p@1", "p@3", "p@5", "ndcg@5"):
+        assert logs["merged_" + k] == pytest.approx(ref[k], abs=1e-9)
+        assert logs["group_merged_" + k] == pytest.approx(ref_group[k], abs=1e-9)
+    assert logs["merged_repetitions"] == 4
+    assert monitor_name(config) == "group_merged_" + config.early_stopping_metric
+
+
+def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_data,
+                                                                tiny_config, monkeypatch):
+    config = tiny_config
+    sample = load_sample(data_split(config, tiny_data["train"]), 120)
+    loaded = []
+    real = rundir.load_all
+
+    def counting(run, reps=None):
+        loaded.append(list(reps))
+        return real(run, reps)
+
+    monkeypatch.setattr(rundir, "load_all", counting)
+    cache = {}
+    first = completed_scores(tiny_run, config, sample, exclude=[2, 3], cache=cache)
+    second = completed_scores(tiny_run, config, sample, exclude=[3], cache=cache)
+    assert loaded == [[0, 1], [2]]  # a later group loads only the newly complete one
+    plain = completed_scores(tiny_run, config, sample, exclude=[3])
+    assert second[0] == plain[0] == [0, 1, 2] and first[0] == [0, 1]
+    # (stacking other repetitions changes the batched matmul's rounding: 1 ulp)
+    np.testing.assert_allclose(second[1], plain[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first[1], plain[1][:, :2], rtol=1e-5, atol=1e-6)
+    # Another sample (another run, split or budget) starts the cache afresh.
+    other = load_sample(data_split(config, tiny_data["train"]), 60)
+    completed_scores(tiny_run, config, other, exclude=[3], cache=cache)
+    assert loaded[-1] == [0, 1, 2]
+
+
+def test_a_worker_reads_its_validation_sample_once(tiny_run, tiny_data, tiny_config,
+                                                   monkeypatch):
+    import mach_tf.training.group as group_training
+
+    reads = []
+    real = group_training.load_sample
+
+    def counting(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(group_training, "load_sample", counting)
+    cache = {}
+    setups = [setup_group(build_model(tiny_config, reps), tiny_config, reps,
+                          tiny_data["train"], run=tiny_run, worker_cache=cache)
+              for reps in ([0, 1], [2, 3])]
+    assert len(reads) == 1 and setups[0].sample is setups[1].sample
+    assert setups[1].done_repetitions == [0, 1]
+
+
+class _ForgetAfter(keras.callbacks.Callback):
+    """From epoch `start` on, zero the bucket layer before the merged validation runs.
+
+    Uniform bucket scores rank every class the same, so the merged metric of those epochs
+    falls below any trained epoch's on every machine, whatever its floating-point results
+    for the trained ones: early stopping must then stop `patience` epochs after the best.
+    """
+
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.start:
+            for w in self.model.output_layer.weights:
+                w.assign(np.zeros(w.shape, w.dtype))
+
+
+def test_early_stopping_keeps_the_best_merged_epoch(tmp_path, tiny_data, tiny_config):
+    config = tiny_config.replace(epochs=12, early_stopping_patience=2, learning_rate=0.01,
+                                 dropout=0.0, validation_fraction=0.3, num_repetitions=2,
+                                 hidden_units=[64])
+    reps = [0, 1]
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, reps)
+    setup = setup_group(model, config, reps, tiny_data["train"], run=str(tmp_path / "run"))
+    compile_model(model, config, setup.steps)
+    monitor = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
+    batches = epochs_dataset(tiny_data["train"], config, reps, 0, 0, setup.steps,
+                             record_filter=setup.split.train_filter())
+    forget = 4
+    hist = model.fit(batches, epochs=config.epochs, steps_per_epoch=setup.steps,
+                     callbacks=[_ForgetAfter(forget)] + setup.callbacks, verbose=0,
+                     shuffle=False)
+    metric = config.early_stopping_metric
+    seen = [h["group"][metric] for h in monitor.history]
+    assert hist.history[monitor_name(config)] == pytest.approx(seen)
+    best = int(np.argmax(seen))
+    assert best < forget and max(seen[forget:]) < seen[best]
+    # It stopped early, exactly `patience` epochs after the best one.
+    assert len(seen) - 1 - best == config.early_stopping_patience
+    # The weights kept are the best epoch's: scoring them again gives the best value.
+    assert monitor.compute()["group"][metric] == pytest.approx(seen[best], abs=1e-9)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Stands for a worker killed right after global step `step` was checkpointed."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise _Interrupt()
+
+
+def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, tiny_config):
+    """Killed mid-epoch after the best epoch: the rerun stops at the same epoch and keeps
+    the same best weights as an uninterrupted run (best epoch's file kept on disk, the
+    patience counter replayed from the checkpoint's history), not the weights of an
+    epoch after the kill."""
+    from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
+    from mach_tf.training.group import best_epoch_summary
+
+    config = tiny_config.replace(epochs=12, early_stopping_patience=2, learning_rate=0.01,
+                                 dropout=0.0, validation_fraction=0.3, num_repetitions=2,
+                                 hidden_units=[64])
+    reps, forget = [0, 1], 4
+
+    def attempt(ckpt_dir, after=()):
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, reps)
+        setup = setup_group(model, config, reps, tiny_data["train"],
+                            cache_dir=str(tmp_path / "cache"))
+        compile_model(model, config, setup.steps)
+        hist, info = fit_resumable(
+            model, lambda first, skip: epochs_dataset(
+                tiny_data["train"], config, reps, first, skip, setup.steps,
+                record_filter=setup.split.train_filter()),
+            steps_per_epoch=setup.steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
+            callbacks=[_ForgetAfter(forget)] + setup.callbacks, after_checkpoint=after,
+            every_steps=2)
+        return model, setup, hist, info
+
+    ref, ref_setup, ref_hist, _ = attempt(str(tmp_path / "ref"))
+    monitor = monitor_name(config)
+    values = ref_hist[monitor]
+    best = int(np.argmax(values))
+    assert best < forget and len(values) - 1 - best == config.early_stopping_patience
+
+    ckpt_dir = str(tmp_path / "killed")
+    steps = ref_setup.steps
+    kill_at = forget * steps + steps // 2 + 1  # mid-epoch `forget`, after the best epoch
+    with pytest.raises(_Interrupt):
+        attempt(ckpt_dir, after=[_KillAt(kill_at)])
+    state = GroupCheckpoint(ckpt_dir).state()
+    assert (state["epoch"], state["finished"]) == (forget, False)
+    # Two mid-epoch checkpoints came after the best epoch's end; its file is still kept.
+    assert str(best) in state["epoch_ends"]
+    assert state["epoch_ends"][str(best)] not in (state["weights"], state["previous"])
+
+    model, setup, hist, info = attempt(ckpt_dir)
+    assert info["resumed_from"]["global_step"] == state["global_step"] > forget * steps
+    assert "lost_best_weights" not in info
+    # Stopped at the same epoch, with the same best one. (Across the two trainings, allow
+    # for float rounding: another machine need not be bit-reproducible between runs.)
+    assert len(hist[monitor]) == len(values) and int(np.argmax(hist[monitor])) == best
+    assert hist[monitor] == pytest.approx(values, abs=0.01)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+    # The weights kept are the best epoch's, from its kept file: scoring them gives the
+    # value that epoch logged (before the kill) exactly.
+    mv = [c for c in setup.callbacks if isinstance(c, MergedValidation)][0]
+    assert mv.compute()["group"][config.early_stopping_metric] == pytest.approx(
+        hist[monitor][best], abs=1e-9)
+    # The completion summary sees every epoch, those before the kill included.
+    summary, ref_summary = best_epoch_summary(hist, config), best_epoch_summary(ref_hist,
+                                                                                config)
+    assert summary["best_epoch"] == ref_summary["best_epoch"] == best + 1
+    assert summary["group_validation"] == pytest.approx(ref_summary["group_validation"],
+                                                        abs=0.01)
+    assert summary["group_validation"][config.early_stopping_metric] == hist[monitor][best]
+
+
+def test_plateau_schedule_replays_its_counters_after_a_restart():
+    from mach_tf.training.callbacks import ResumablePlateau
+
+    values = [0.1, 0.2, 0.2, 0.19, 0.18, 0.3, 0.3, 0.29, 0.28, 0.27, 0.31, 0.3, 0.3, 0.3]
+
+    def model(lr):
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(keras.optimizers.Adam(lr), "mse")
+        return m
+
+    def make():
+        return ResumablePlateau(monitor="m", factor=0.5, patience=2, cooldown=1,
+                                min_lr=0.01 / 8)
+
+    live = make()
+    live.set_model(model(0.01))
+    live.on_train_begin()
+    history, states = {"m": [], "learning_rate": []}, []
+    for e, v in enumerate(values):
+        logs = {"m": v}
+        live.on_epoch_end(e, logs)
+        history["m"].append(v)
+        history["learning_rate"].append(logs["learning_rate"])
+        states.append((live.wait, live.best, live.cooldown_counter,
+                       float(live.model.optimizer.learning_rate)))
+    rates = [s[3] for s in states]
+    assert min(rates) == pytest.approx(0.01 / 8) and len(set(rates)) == 4  # it lowered
+    for k in range(1, len(values)):
+        resumed = make()
+        resumed.set_model(model(states[k - 1][3]))  # the optimizer state of the checkpoint
+        assert resumed.resume({n: h[:k] for n, h in history.items()})
+        resumed.on_train_begin()  # the fit after the restart keeps the replayed state
+        assert (resumed.wait, resumed.best, resumed.cooldown_counter) == states[k - 1][:3]
+        for e in range(k, len(values)):
+            resumed.on_epoch_end(e, {"m": values[e]})
+            assert float(resumed.model.optimizer.learning_rate) == pytest.approx(states[e][3])
+
+
+def test_no_validation_means_no_callbacks(tiny_config):
+    assert training_callbacks(tiny_config, None, [0]) == []
+
+
+def test_plateau_schedule_lowers_the_rate(tiny_config, tiny_data):
+    config = tiny_config.replace(lr_schedule="plateau", early_stopping_patience=0)
+    sample = load_sample(data_split(config, tiny_data["train"]), 40)
+    kinds = [type(c) for c in training_callbacks(config, sample, [0])]
+    assert kinds[0] is MergedValidation and issubclass(kinds[1],
+                                                       keras.callbacks.ReduceLROnPlateau)
+    kinds = [type(c) for c in training_callbacks(
+        config.replace(lr_schedule="constant", early_stopping_patience=3), sample, [0])]
+    assert kinds[0] is MergedValidation and issubclass(kinds[1],
+                                                       keras.callbacks.EarlyStopping)
+
+
+def test_run_records_split_and_best_epoch(tiny_run):
+    info = rundir.read_json(f"{tiny_run}/validation.json")
+    assert info["carved"] and info["num_scored"] > 0
+    marker = rundir.completion(tiny_run, 0)
+    assert 1 <= marker["best_epoch"] <= marker["epochs"]
+    assert marker["monitor"] == "group_merged_ndcg@5"
+    assert 0.0 <= marker["merged_validation"]["p@1"] <= 1.0
+    assert 0.0 <= marker["group_validation"]["ndcg@5"] <= 1.0
+
+
+def test_cosine_schedule_decays_to_zero(tiny_config):
+    from mach_tf.model.optimizers import make_optimizer
+
+    opt = make_optimizer(tiny_config.replace(lr_schedule="cosine", epochs=4), 10)
+    opt.build([keras.Variable(np.zeros(2, np.float32))])
+    assert float(opt.learning_rate) == pytest.approx(tiny_config.learning_rate)
+    opt.iterations.assign(40)  # 4 epochs of 10 steps
+    assert float(opt.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        make_optimizer(tiny_config.replace(lr_schedule="cosine"))
+
+
+def test_full_merge_equals_the_evaluation_scorer(tiny_run, tiny_data, tiny_config):
+    """With every repetition, the merged metric is what evaluation computes."""
+    from mach_tf.inference.scorer import MergedScorer
+
+    sample = load_sample(data_split(tiny_config, tiny_data["train"]), 80, batch_size=16)
+    config, stacked = rundir.load_all(tiny_run)
+    cb = MergedValidation(config, sample, list(range(config.num_repetitions)))
+    cb.set_model(stacked)
+    got = cb.compute()["run"]
+    scorer = MergedScorer(config, stacked, "exact")
+    ref = RankingMetrics([1, 3, 5])
+    for inputs, labels in sample.batches:
+        ref.update(scorer.topk(inputs, 5)[1].numpy(), labels)
+    for k in ("p@1", "p@3", "p@5", "ndcg@5"):
+        assert got[k] == pytest.approx(ref.result()[k], abs=1e-9)

@@ -4,7 +4,7 @@
 
 Edit the cells here, not the notebook, and run it again. (quickstart.ipynb and
 tf_serving.ipynb are edited as notebooks.) The test suite executes every notebook in
-colab/ with MACH_TF_NOTEBOOK_SMALL=1 (tests/test_notebooks.py).
+colab/ with MACH_TF_NOTEBOOK_SMALL=1 (tests/colab/test_notebooks.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ R_MAX = 4 if SMALL else 16      # repetitions to train; subsets 1, 2, 4, ... are
 print("data:", os.path.abspath(DATA), "| working in", WORKDIR)'''),
     ("code", '''\
 if SMALL:  # a stand-in written by the notebook itself, in the XMC text format
-    from mach_tf.synthetic import SyntheticSpec, write_split
+    from mach_tf.datasets.synthetic import SyntheticSpec, write_split
     write_split(DATA, SyntheticSpec(num_labels=150, num_features=800, seed=0), 1500, 300)
 for split in ("train", "test"):
     path = os.path.join(DATA, f"{split}.txt")
@@ -81,7 +81,8 @@ when their merged validation nDCG@5 stops improving. TensorBoard shows every rep
 loss and bucket accuracy and the merged validation P@k (run the command printed below; in
 Colab: `%load_ext tensorboard` then `%tensorboard --logdir <run>/logs`)."""),
     ("code", '''\
-from mach_tf.train import config_for_data, train
+from mach_tf.data import config_for_data
+from mach_tf.launch.local import train
 
 run_dir = os.path.join(WORKDIR, "run")
 config = config_for_data(prefix["train"], num_repetitions=R_MAX,
@@ -94,7 +95,7 @@ print("tensorboard --logdir", os.path.join(run_dir, "logs"))'''),
     ("markdown", "## 3. Evaluate: P@k, nDCG@k and PSP@k on the test split"),
     ("code", '''\
 from mach_tf import rundir
-from mach_tf.evaluate import evaluate, popularity_baseline
+from mach_tf.inference.evaluation import evaluate, popularity_baseline
 
 metrics = evaluate(run_dir, prefix["test"], ks=(1, 3, 5))
 floor = popularity_baseline(rundir.load_label_counts(run_dir), prefix["test"])

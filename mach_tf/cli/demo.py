@@ -39,12 +39,17 @@ SMALL = dict(num_labels=300, num_features=2000, num_train=4000, num_test=500,
              buckets=32, repetitions=4, hidden=[64], epochs=3, workers=2)
 
 
+def _run_scorer(export_dir: str, run_dir: str) -> MergedScorer:
+    """The in-Python merged scoring of the run, with the export's decoder settings."""
+    config, model = rundir.load_all(run_dir)
+    info = rundir.read_json(export_info_path(export_dir))
+    return MergedScorer(config, model, info["decoder"], info["candidate_buckets"])
+
+
 def serving_check(export_dir: str, run_dir: str, test: str, top_k: int, n: int = 256) -> dict:
     """Queries the export, loaded back by TensorFlow's loader, on ``n`` test examples and
     compares with the in-Python merged top-k of the run."""
-    config, model = rundir.load_all(run_dir)
-    info = rundir.read_json(export_info_path(export_dir))
-    scorer = MergedScorer(config, model, info["decoder"], info["candidate_buckets"])
+    scorer = _run_scorer(export_dir, run_dir)
     fn = tf.saved_model.load(export_dir).signatures["serving_default"]
     batch = to_model_inputs(next(iter(make_dataset(test, n, shuffle=False))))
     out = fn(**batch)
@@ -59,12 +64,10 @@ def text_serving_check(export_dir: str, run_dir: str, test: str, top_k: int,
     """Queries the export's ``predict_text`` with ``n`` raw test queries and compares with
     featurising them in Python (:mod:`mach_tf.text.reference`) and the in-Python merged
     top-k of the run."""
-    config, model = rundir.load_all(run_dir)
-    info = rundir.read_json(export_info_path(export_dir))
-    scorer = MergedScorer(config, model, info["decoder"], info["candidate_buckets"])
+    scorer = _run_scorer(export_dir, run_dir)
     texts = next(iter(make_dataset(test, n, shuffle=False, with_text=True)))["text"]
     out = tf.saved_model.load(export_dir).signatures["predict_text"](text=texts)
-    features = pad_batch(featurize_like(load_featurizer(run_dir, config),
+    features = pad_batch(featurize_like(load_featurizer(run_dir, scorer.config),
                                         texts.numpy().tolist()))
     ref_s, ref_i = scorer.topk({k: tf.constant(v) for k, v in features.items()}, top_k)
     ok = topk_agree(out["label_ids"].numpy(), out["scores"].numpy(), ref_i.numpy(),

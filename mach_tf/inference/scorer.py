@@ -30,14 +30,10 @@ class MergedScorer:
         self.topk_layer = MergedTopK(config.num_classes, config.hashing, decoder=decoder,
                                      candidate_buckets=candidate_buckets)
         self.decoder = self.topk_layer.decoder
-        self.m = self.topk_layer.candidate_buckets
 
     def bucket_scores(self, inputs):
         logits = self.model(inputs, training=False)
         return bucket_scores(logits, self.config.loss, self.config.merge)
-
-    def topk_from_bucket_scores(self, scores, k: int):
-        return self.topk_layer(scores, k=k)
 
     def topk(self, inputs, k: int):
         """``(scores [batch, k], class_ids [batch, k])`` for padded sparse ``inputs``."""
@@ -45,7 +41,7 @@ class MergedScorer:
 
     @tf.function(reduce_retracing=True)
     def _topk_fn(self, inputs, k):
-        return self.topk_from_bucket_scores(self.bucket_scores(inputs), k)
+        return self.topk_layer(self.bucket_scores(inputs), k=k)
 
     def eval_batch_size(self, default: int = 256) -> int:
         """A batch size whose ``[batch, K]`` exact scores stay near 256 MB."""

@@ -16,7 +16,7 @@ import tensorflow as tf
 from mach_tf.config import DEFAULT_TEXT_FEATURES, TEXT_OVERRIDES, MachConfig, TextSettings
 from mach_tf.errors import RunDirError
 from mach_tf.hashing import buckets_tf
-from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.dataset import batch_and_parse, make_dataset, make_record_dataset
 from tfrecords_tools.manifest import Manifest
 
 
@@ -144,9 +144,19 @@ def training_dataset(data, config: MachConfig, repetitions: Sequence[int], *,
     ``record_filter`` keeps only some serialized records (see
     :func:`tfrecords_tools.dataset.make_dataset`), e.g. the training side of a split.
     """
-    ds = make_dataset(data, batch_size or config.batch_size, shuffle=shuffle,
-                      seed=config.seed if seed is None else seed, repeat=repeat,
-                      with_text=featurizer is not None, record_filter=record_filter)
+    records = make_record_dataset(data, shuffle=shuffle,
+                                  seed=config.seed if seed is None else seed, repeat=repeat,
+                                  record_filter=record_filter)
+    return training_batches(records, config, repetitions,
+                            batch_size=batch_size, featurizer=featurizer)
+
+
+def training_batches(records: tf.data.Dataset, config: MachConfig,
+                     repetitions: Sequence[int], *, batch_size: int | None = None,
+                     featurizer=None) -> tf.data.Dataset:
+    """``(inputs, targets)`` batches of a stream of serialized records."""
+    ds = batch_and_parse(records, batch_size or config.batch_size,
+                         with_text=featurizer is not None)
     reps = list(repetitions)
     inputs = _inputs(featurizer)
     return ds.map(lambda b: (inputs(b), bucket_targets(b["labels"], config, reps)),

@@ -59,6 +59,20 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
         inside :func:`tfrecords_tools.verification.located_read_errors` to have the shard
         named.
     """
+    records = make_record_dataset(data, shuffle=shuffle, seed=seed, repeat=repeat,
+                                  shuffle_buffer=shuffle_buffer,
+                                  num_parallel_reads=num_parallel_reads,
+                                  record_filter=record_filter)
+    return batch_and_parse(records, batch_size, drop_remainder=drop_remainder,
+                           with_text=with_text)
+
+
+def make_record_dataset(data, *, shuffle: bool = False, seed: int | None = None,
+                        repeat: bool = False, shuffle_buffer: int = 16384,
+                        num_parallel_reads: int | None = None,
+                        record_filter=None) -> tf.data.Dataset:
+    """The serialized records of a converted dataset, before batching and parsing (the
+    arguments are :func:`make_dataset`'s)."""
     manifest = data if isinstance(data, Manifest) else Manifest.load(data)
     files = manifest.shard_paths
     compression = "GZIP" if manifest.compression == "GZIP" else ""
@@ -79,7 +93,13 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
                         reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds
+
+
+def batch_and_parse(records: tf.data.Dataset, batch_size: int, *,
+                    drop_remainder: bool = False, with_text: bool = False) -> tf.data.Dataset:
+    """Batches serialized records and parses each batch with one vectorised call."""
+    ds = records.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda s: parse_batch(s, with_text), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -12,7 +12,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
-from mach_tf.data import training_dataset
+from mach_tf.data import training_batches
+from tfrecords_tools.dataset import make_record_dataset
 
 _THREADS: int | None = None  # this process's thread budget, once configure_threads set it
 
@@ -43,14 +44,18 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
     Each epoch is exactly ``steps`` batches of its own repeated stream: with a carved
     validation split (``record_filter``) the number of training records is only
     estimated, and an epoch must never run out of data."""
+    # Each epoch is a fixed number of records of its own shuffled stream, so batching the
+    # concatenation gives exactly its ``steps`` batches; batching, parsing and the bucket
+    # targets are then traced once, not once per epoch (seconds each on a 60-epoch cap).
     out = None
     for e in range(first, config.epochs):
-        ds = training_dataset(train, config, group, shuffle=True, seed=config.seed + e,
-                              repeat=True, featurizer=featurizer, record_filter=record_filter)
-        ds = ds.take(steps)
+        records = make_record_dataset(train, shuffle=True, seed=config.seed + e, repeat=True,
+                                      record_filter=record_filter)
+        records = records.take(steps * config.batch_size)
         if e == first and skip:
-            ds = ds.skip(skip)  # reads, but does not train on, the batches already done
-        out = ds if out is None else out.concatenate(ds)
+            records = records.skip(skip * config.batch_size)  # the batches already done
+        out = records if out is None else out.concatenate(records)
+    out = training_batches(out, config, group, featurizer=featurizer)
     if _THREADS:
         options = tf.data.Options()
         options.threading.private_threadpool_size = _THREADS

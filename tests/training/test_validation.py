@@ -5,14 +5,18 @@ import numpy as np
 import pytest
 
 from mach_tf import rundir
+from mach_tf.config import MachConfig
+from mach_tf.data import training_dataset
 from mach_tf.inference.ranking import RankingMetrics
 from mach_tf.inference.reference import merged_topk_numpy
 from mach_tf.model.network import bucket_scores, build_model, compile_model
-from mach_tf.training.callbacks import (MergedValidation, completed_scores, monitor_name,
-                                        training_callbacks)
+from mach_tf.training.callbacks import (VALIDATION_EXACT_MAX_CLASSES, MergedValidation,
+                                        completed_scores, monitor_name, training_callbacks,
+                                        validation_decoder)
 from mach_tf.training.group import setup_group
 from mach_tf.training.pipeline import epochs_dataset
-from mach_tf.training.validation import DataSplit, data_split, load_sample, sample_budget
+from mach_tf.training.validation import (DataSplit, ValidationSample, data_split, load_sample,
+                                         sample_budget)
 from tfrecords_tools.dataset import make_dataset
 
 
@@ -377,3 +381,39 @@ def test_full_merge_equals_the_evaluation_scorer(tiny_run, tiny_data, tiny_confi
         ref.update(scorer.topk(inputs, 5)[1].numpy(), labels)
     for k in ("p@1", "p@3", "p@5", "ndcg@5"):
         assert got[k] == pytest.approx(ref.result()[k], abs=1e-9)
+
+
+def test_epochs_dataset_gives_each_epoch_its_own_seeded_batches(tiny_data, tiny_config):
+    """The epochs are built as one pipeline, yet epoch e is exactly the first ``steps``
+    batches of the stream shuffled with seed ``config.seed + e``, and a resumed pipeline
+    (``first``, ``skip``) continues with the same batches."""
+    config, reps, steps = tiny_config.replace(epochs=3), [0, 1], 4
+    split = data_split(config, tiny_data["train"])
+    keep = split.train_filter()
+    expected = []
+    for e in range(config.epochs):
+        ds = training_dataset(tiny_data["train"], config, reps, shuffle=True,
+                              seed=config.seed + e, repeat=True, record_filter=keep)
+        expected += [(x["feature_ids"].numpy(), y.numpy()) for x, y in ds.take(steps)]
+    got = [(x["feature_ids"].numpy(), y.numpy()) for x, y in epochs_dataset(
+        tiny_data["train"], config, reps, 0, 0, steps, record_filter=keep)]
+    resumed = [(x["feature_ids"].numpy(), y.numpy()) for x, y in epochs_dataset(
+        tiny_data["train"], config, reps, 1, 2, steps, record_filter=keep)]
+    assert len(got) == len(expected) == config.epochs * steps
+    for (gx, gy), (ex, ey) in zip(got, expected):
+        np.testing.assert_array_equal(gx, ex)
+        np.testing.assert_array_equal(gy, ey)
+    assert len(resumed) == 2 * steps - 2
+    for (rx, _), (ex, _) in zip(resumed, expected[steps + 2:]):
+        np.testing.assert_array_equal(rx, ex)
+
+
+def test_merged_validation_decodes_by_candidates_only_for_large_catalogues():
+    assert validation_decoder(VALIDATION_EXACT_MAX_CLASSES) == "exact"
+    assert validation_decoder(VALIDATION_EXACT_MAX_CLASSES + 1) == "candidates"
+    sample = ValidationSample([])
+    for k, want in ((1000, "exact"), (VALIDATION_EXACT_MAX_CLASSES + 1, "candidates")):
+        config = MachConfig.from_data(k, 50, num_buckets=64, num_repetitions=2,
+                                      hidden_units=[8])
+        mv = MergedValidation(config, sample, [1], [0], np.zeros((0, 1, 64), np.float32))
+        assert mv.run_decoder.decoder == mv.group_decoder.decoder == want

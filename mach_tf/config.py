@@ -33,6 +33,7 @@ FEATURE_NORMS = ("none", "l2")
 FEATURE_WEIGHTINGS = ("none", "idf")
 OPTIMIZERS = ("adam", "adam_dense", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
+PRECISIONS = ("float32", "mixed_bfloat16")
 #: Metrics the merged validation computes (cut-offs 1, 3, 5); any can drive early stopping.
 VALIDATION_METRICS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
 
@@ -64,21 +65,28 @@ def default_repetitions(num_classes: int) -> int:
 #: dense Adam update of a group's input kernel affordable on a CPU.
 INPUT_LAYER_BUDGET = 1 << 24
 #: From this many training examples on, the default network gets a second hidden layer
-#: (it helped with 9,690 examples and hurt with 3,660; docs/defaults.md).
+#: (it helped with 9,690 examples and hurt with 3,660; docs/defaults.md) ...
 DEEP_MIN_EXAMPLES = 8_000
+#: ... if there are also this many training examples per class: with few examples per
+#: class the narrower second layer is a bottleneck before the B buckets (dev P@1 0.407
+#: against 0.481 without it at 50,000 classes and 0.4 examples per class; delicious, with
+#: 13 per class, gains 0.02 from it; docs/defaults.md).
+DEEP_MIN_EXAMPLES_PER_CLASS = 5
 
 
 def _prev_pow2(x: float) -> int:
     return 1 << max(0, math.floor(math.log2(max(1.0, x))))
 
 
-def default_hidden_units(num_features: int, num_examples: int | None) -> list[int]:
-    """The per-repetition network from D and N.
+def default_hidden_units(num_features: int, num_examples: int | None,
+                         num_classes: int | None = None) -> list[int]:
+    """The per-repetition network from D, N and K.
 
     * First width 512, narrowed for large D so that the input layer stays within
       :data:`INPUT_LAYER_BUDGET` parameters per repetition (a power of two, at least 64):
       512 up to D = 32,768, 128 at D = 100,000.
-    * A second hidden layer of 256 from :data:`DEEP_MIN_EXAMPLES` training examples on.
+    * A second hidden layer of 256 from :data:`DEEP_MIN_EXAMPLES` training examples on,
+      when there are at least :data:`DEEP_MIN_EXAMPLES_PER_CLASS` examples per class.
 
     Measured on dev splits carved from the training files (docs/defaults.md): [512] beat
     [256] on bibtex and corel5k by about 0.01 P@1/P@3/P@5 and tied on delicious; a second
@@ -88,9 +96,26 @@ def default_hidden_units(num_features: int, num_examples: int | None) -> list[in
     width = 512
     if num_features * width > INPUT_LAYER_BUDGET:
         width = max(64, _prev_pow2(INPUT_LAYER_BUDGET / num_features))
-    if num_examples and num_examples >= DEEP_MIN_EXAMPLES:
+    per_class = num_examples / num_classes if num_examples and num_classes else math.inf
+    if num_examples and num_examples >= DEEP_MIN_EXAMPLES and \
+            per_class >= DEEP_MIN_EXAMPLES_PER_CLASS:
         return [width, 256]
     return [width]
+
+
+def default_dropout(num_examples: int | None, num_classes: int | None = None) -> float:
+    """Dropout from N and K: 0.5, or none with fewer than
+    :data:`DEEP_MIN_EXAMPLES_PER_CLASS` training examples per class.
+
+    With many examples per class dropout regularises (delicious, 13 per class: dev P@1
+    0.707 against 0.682 without); with few, most classes are seen a handful of times and
+    dropout only slows their learning (50,000 classes, 0.4 per class: 0.468 against 0.448
+    with it, and fewer epochs to the best; docs/defaults.md).
+    """
+    if num_examples and num_classes and \
+            num_examples / num_classes < DEEP_MIN_EXAMPLES_PER_CLASS:
+        return 0.0
+    return 0.5
 
 
 def default_epochs(num_examples: int | None, batch_size: int) -> int:
@@ -231,7 +256,8 @@ class MachConfig:
         num_features: D, the dimension of the sparse input (feature ids in ``[0, D)``).
         num_buckets: B, buckets per repetition.
         num_repetitions: R, independent repetitions.
-        hidden_units: Widths of the hidden layers of every repetition's network.
+        hidden_units: Widths of the hidden layers of every repetition's network; empty for a
+            linear model (features to bucket logits, as in the MACH paper).
         activation: Hidden-layer activation (any Keras activation name).
         dropout: Dropout rate after each hidden layer.
         feature_norm: ``"l2"`` scales each example's feature values to unit L2 norm inside
@@ -254,6 +280,9 @@ class MachConfig:
         lr_schedule: ``"constant"``; ``"plateau"`` halves the rate when the merged
             validation metric has not improved for 2 epochs; ``"cosine"`` decays it to 0
             over ``epochs``.
+        precision: ``"float32"``, or ``"mixed_bfloat16"``: training's matmuls run in
+            bfloat16 on float32 weights (fast on CPUs with AMX or AVX-512 BF16 and on
+            GPUs with bfloat16 units); saved repetitions and exports are float32 either way.
         batch_size: Examples per training step.
         epochs: Maximum training epochs per repetition (early stopping may end sooner).
         early_stopping_patience: Stop a group after this many epochs without improvement of
@@ -295,6 +324,7 @@ class MachConfig:
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     lr_schedule: str = "constant"
+    precision: str = "float32"
     batch_size: int = 256
     epochs: int = 30
     early_stopping_patience: int = 5
@@ -327,7 +357,9 @@ class MachConfig:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         overrides.setdefault("num_buckets", default_buckets(num_classes))
         overrides.setdefault("num_repetitions", default_repetitions(num_classes))
-        overrides.setdefault("hidden_units", default_hidden_units(num_features, num_examples))
+        overrides.setdefault("hidden_units", default_hidden_units(num_features, num_examples,
+                                                                  num_classes))
+        overrides.setdefault("dropout", default_dropout(num_examples, num_classes))
         batch = overrides.get("batch_size", cls.batch_size)
         overrides.setdefault("epochs", default_epochs(num_examples, batch))
         overrides.setdefault("validation_fraction", default_validation_fraction(
@@ -348,14 +380,16 @@ class MachConfig:
             bad("num_buckets", f"must be >= 2, got {self.num_buckets}")
         if self.num_repetitions < 1:
             bad("num_repetitions", f"must be >= 1, got {self.num_repetitions}")
-        if not self.hidden_units or any(h < 1 for h in self.hidden_units):
-            bad("hidden_units", f"need at least one positive width, got {self.hidden_units}")
+        if any(h < 1 for h in self.hidden_units):
+            bad("hidden_units", f"widths must be positive, got {self.hidden_units} (an "
+                                f"empty list is a linear model)")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", f"must be in [0, 1), got {self.dropout}")
         for field, allowed in (("loss", LOSSES), ("merge", MERGES),
                                ("feature_norm", FEATURE_NORMS),
                                ("feature_weighting", FEATURE_WEIGHTINGS),
                                ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),
+                               ("precision", PRECISIONS),
                                ("early_stopping_metric", VALIDATION_METRICS)):
             if getattr(self, field) not in allowed:
                 bad(field, f"must be one of {allowed}, got {getattr(self, field)!r}")

@@ -282,7 +282,13 @@ def in_progress(run: str) -> set[int]:
 
 
 def _config_differences(theirs: dict, ours: dict) -> list[str]:
-    """Human-readable differences between a repetition's recorded config and the run's."""
+    """Human-readable differences between a repetition's recorded config and the run's.
+
+    A config recorded before a field was added reads as having that field's default."""
+    try:
+        theirs = MachConfig.from_dict(theirs).to_dict()
+    except (TypeError, ValueError):
+        pass  # not a valid config: compare what it says
     out = [f"{key} {theirs.get(key)!r} (this run: {ours.get(key)!r})"
            for key in sorted(set(theirs) | set(ours))
            if key != "hashing" and theirs.get(key) != ours.get(key)]

@@ -41,7 +41,7 @@ def test_replace_redraws_hash_when_shape_changes():
     ("loss", "hinge", "MachConfig.loss"),
     ("num_buckets", 1, "MachConfig.num_buckets"),
     ("dropout", 1.5, "MachConfig.dropout"),
-    ("hidden_units", [], "MachConfig.hidden_units"),
+    ("hidden_units", [64, 0], "MachConfig.hidden_units"),
 ])
 def test_validation_names_the_field(field, value, message):
     d = MachConfig.from_data(100, 50).to_dict()
@@ -85,7 +85,7 @@ def test_new_levers_are_validated(field, value):
         MachConfig.from_dict(d)
 
 
-def test_network_follows_d_and_n():
+def test_network_follows_d_n_and_k():
     from mach_tf.config import INPUT_LAYER_BUDGET, default_hidden_units
 
     assert default_hidden_units(1836, 4880) == [512]          # bibtex: one layer
@@ -96,3 +96,17 @@ def test_network_follows_d_and_n():
     assert default_hidden_units(10**8, 10**6)[0] == 64        # never below 64
     assert MachConfig.from_data(983, 500, 12920).hidden_units == [512, 256]
     assert MachConfig.from_data(983, 500, 12920, hidden_units=[64]).hidden_units == [64]
+    # Few examples per class (a tagging corpus): no narrower second layer before B buckets.
+    assert default_hidden_units(20000, 20000, 50000) == [512]
+    assert default_hidden_units(500, 12920, 983) == [512, 256]   # delicious: 13 per class
+    assert MachConfig.from_data(50000, 20000, 20000).hidden_units == [512]
+
+
+def test_dropout_follows_examples_per_class():
+    from mach_tf.config import default_dropout
+
+    assert MachConfig.from_data(983, 500, 12920).dropout == 0.5      # delicious
+    assert MachConfig.from_data(159, 1836, 4880).dropout == 0.5      # bibtex
+    assert MachConfig.from_data(50000, 20000, 20000).dropout == 0.0  # a tagging corpus
+    assert default_dropout(None) == 0.5
+    assert MachConfig.from_data(50000, 20000, 20000, dropout=0.3).dropout == 0.3

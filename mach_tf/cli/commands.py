@@ -70,7 +70,7 @@ _HPARAMS = {"buckets": "num_buckets", "repetitions": "num_repetitions",
             "seed": "seed", "feature_weighting": "feature_weighting",
             "lr_schedule": "lr_schedule", "early_stopping_patience": "early_stopping_patience",
             "early_stopping_metric": "early_stopping_metric",
-            "validation_fraction": "validation_fraction"}
+            "validation_fraction": "validation_fraction", "precision": "precision"}
 
 
 def _train_config(a):
@@ -81,6 +81,8 @@ def _train_config(a):
 
     overrides = {field: getattr(a, arg) for arg, field in _HPARAMS.items()
                  if getattr(a, arg) is not None}
+    if overrides.get("hidden_units") == [0]:
+        overrides["hidden_units"] = []  # --hidden 0: a linear model
     text = {k: getattr(a, k) for k in TEXT_OVERRIDES if getattr(a, k) is not None}
     if a.config and text:
         raise UsageError("mach-tf train: --text-features/--word-ngrams/--char-ngrams cannot "

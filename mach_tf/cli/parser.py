@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (e.g. from 'mach-tf tune')")
     t.add_argument("--buckets", type=int, help="B (default: from K)")
     t.add_argument("--repetitions", type=int, help="R (default: from K)")
-    t.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths")
+    t.add_argument("--hidden", type=int, nargs="+",
+                   help="hidden layer widths; 0 alone for a linear model (no hidden layer)")
+    t.add_argument("--precision", choices=("float32", "mixed_bfloat16"),
+                   help="mixed_bfloat16: training's matmuls in bfloat16 (fast on CPUs with "
+                        "AMX or AVX-512 BF16); weights and exports stay float32")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)

@@ -78,6 +78,9 @@ class SparseDense(keras.layers.Layer):
 
     def __init__(self, input_dim, units, groups=1, activation="relu", normalize="l2",
                  seeds=None, kernel_initializer="glorot_uniform", weighting="none", **kwargs):
+        # Casts are explicit (see ``call``): the values are normalised in float32 and the
+        # gathered path reads float32 rows, never a bfloat16 copy of the whole kernel.
+        kwargs["autocast"] = False
         super().__init__(**kwargs)
         self.input_dim = int(input_dim)
         self.units = int(units)
@@ -124,6 +127,7 @@ class SparseDense(keras.layers.Layer):
 
     def call(self, feature_ids, feature_values):
         batch = tf.shape(feature_ids)[0]
+        compute = self.compute_dtype
         rows, ids, values = sparse_to_flat(feature_ids, feature_values)
         if self.feature_weights is not None:
             values = values * tf.gather(tf.convert_to_tensor(self.feature_weights), ids)
@@ -140,7 +144,10 @@ class SparseDense(keras.layers.Layer):
             # (5x on bibtex's D=1836); the kernel's Adam update is dense either way.
             x = tf.scatter_nd(tf.stack([rows, ids], axis=1), values,
                               tf.stack([tf.cast(batch, tf.int64), self.input_dim]))
-            out = tf.matmul(x, self.kernel) + self.bias
+            kernel = tf.convert_to_tensor(self.kernel)
+            if compute != "float32":  # mixed precision: the GEMM in bfloat16
+                x, kernel = tf.cast(x, compute), tf.cast(kernel, compute)
+            out = tf.matmul(x, kernel) + tf.cast(self.bias, compute)
         else:
             emb = tf.gather(self.kernel, ids) * values[:, None]
             # tf.where lists the non-zeros row by row, so the rows are sorted: the sorted
@@ -149,7 +156,7 @@ class SparseDense(keras.layers.Layer):
             summed = tf.math.segment_sum(emb, rows)
             summed = tf.pad(summed, [[0, tf.cast(batch, tf.int64)
                                       - tf.shape(summed, out_type=tf.int64)[0]], [0, 0]])
-            out = summed + self.bias
+            out = tf.cast(summed + self.bias, compute)
         out = tf.reshape(self.activation(out), [batch, self.groups, self.units])
         return out
 

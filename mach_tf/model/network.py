@@ -44,6 +44,9 @@ class MachModel(keras.Model):
         dropout: Dropout after each hidden layer.
         feature_norm: ``"l2"`` or ``"none"``.
         feature_weighting: ``"idf"`` or ``"none"`` (see :class:`SparseDense`).
+        precision: ``"float32"``, or ``"mixed_bfloat16"``: the matmuls run in bfloat16 on
+            float32 weights (the logits are returned in float32). Training only: the
+            repetitions are saved, stacked and exported in float32.
 
     Call with a dict of ``feature_ids`` (int, ``[batch, n]``, -1 padded) and
     ``feature_values`` (float32, ``[batch, n]``); returns logits ``[batch, G, B]``.
@@ -51,8 +54,10 @@ class MachModel(keras.Model):
 
     def __init__(self, num_features, num_buckets, hidden_units, repetitions=(0,), seeds=None,
                  activation="relu", dropout=0.0, feature_norm="l2", feature_weighting="none",
-                 **kwargs):
-        super().__init__(**kwargs)
+                 precision="float32", **kwargs):
+        # The model never casts its inputs: each layer casts what it computes with.
+        super().__init__(dtype=precision, autocast=False, **kwargs)
+        self.precision = precision
         self.num_features = int(num_features)
         self.num_buckets = int(num_buckets)
         self.hidden_units = [int(h) for h in hidden_units]
@@ -64,25 +69,36 @@ class MachModel(keras.Model):
         self.feature_norm = feature_norm
         self.feature_weighting = feature_weighting
         g = self.groups
-        self.sparse_input = SparseDense(self.num_features, self.hidden_units[0], groups=g,
-                                        activation=activation, normalize=feature_norm,
-                                        seeds=self.seeds, weighting=feature_weighting,
+        # Without hidden layers the sparse input layer is the output layer: a linear model
+        # from the features to the B bucket logits (the MACH paper's classifier for
+        # sparse text features).
+        first = self.hidden_units[0] if self.hidden_units else self.num_buckets
+        self.sparse_input = SparseDense(self.num_features, first, groups=g,
+                                        activation=activation if self.hidden_units else None,
+                                        normalize=feature_norm, seeds=self.seeds,
+                                        weighting=feature_weighting, dtype=precision,
                                         name="sparse_input")
         self.hidden = [GroupedDense(h, groups=g, activation=activation,
                                     seeds=[s + 101 * (i + 1) for s in self.seeds],
-                                    name=f"hidden_{i + 1}")
+                                    dtype=precision, name=f"hidden_{i + 1}")
                        for i, h in enumerate(self.hidden_units[1:])]
-        self.output_layer = GroupedDense(self.num_buckets, groups=g, activation=None,
-                                         seeds=[s + 7 for s in self.seeds], name="buckets")
-        self.drop = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
+        self.output_layer = GroupedDense(
+            self.num_buckets, groups=g, activation=None, seeds=[s + 7 for s in self.seeds],
+            dtype=precision, name="buckets") if self.hidden_units else None
+        self.drop = keras.layers.Dropout(self.dropout, dtype=precision) \
+            if self.dropout > 0 and self.hidden_units else None
+
+    @property
+    def dense_layers(self) -> list:
+        """The layers after the sparse input layer (hidden, then output), in order."""
+        return self.hidden + ([self.output_layer] if self.output_layer is not None else [])
 
     def build(self, input_shape=None):
         self.sparse_input.build(None)
-        width = self.hidden_units[0]
-        for layer, h in zip(self.hidden, self.hidden_units[1:]):
+        width = self.sparse_input.units
+        for layer in self.dense_layers:
             layer.build((None, self.groups, width))
-            width = h
-        self.output_layer.build((None, self.groups, width))
+            width = layer.units
         self.built = True
 
     def call(self, inputs, training=False):
@@ -93,14 +109,17 @@ class MachModel(keras.Model):
             h = layer(h)
             if self.drop is not None:
                 h = self.drop(h, training=training)
-        return self.output_layer(h)
+        if self.output_layer is not None:
+            h = self.output_layer(h)
+        return tf.cast(h, tf.float32)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
                 "num_features": self.num_features, "num_buckets": self.num_buckets,
                 "hidden_units": self.hidden_units, "repetitions": self.repetitions,
                 "seeds": self.seeds, "activation": self.activation, "dropout": self.dropout,
-                "feature_norm": self.feature_norm, "feature_weighting": self.feature_weighting}
+                "feature_norm": self.feature_norm, "feature_weighting": self.feature_weighting,
+                "precision": self.precision}
 
     def build_from_config(self, config):
         self.build(None)
@@ -112,20 +131,20 @@ class MachModel(keras.Model):
     def repetition_weights(self, g: int) -> list[np.ndarray]:
         """The weights of the group's ``g``-th repetition, in layer order."""
         out = list(self.sparse_input.block(g))
-        for layer in self.hidden + [self.output_layer]:
+        for layer in self.dense_layers:
             out.extend(layer.block(g))
         return out
 
     def set_repetition_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         ws = list(weights)
         k, b = self.sparse_input.kernel, self.sparse_input.bias
-        h = self.hidden_units[0]
+        h = self.sparse_input.units
         kv, bv = np.array(k), np.array(b)
         kv[:, g * h:(g + 1) * h], bv[g * h:(g + 1) * h] = ws[0], ws[1]
         k.assign(kv)
         b.assign(bv)
         i = 2
-        for layer in self.hidden + [self.output_layer]:
+        for layer in self.dense_layers:
             kv, bv = np.array(layer.kernel), np.array(layer.bias)
             kv[g], bv[g] = ws[i], ws[i + 1]
             layer.kernel.assign(kv)
@@ -141,6 +160,7 @@ def build_model(config: MachConfig, repetitions: Sequence[int]) -> MachModel:
         seeds=[repetition_seed(config, r) for r in repetitions],
         activation=config.activation, dropout=config.dropout,
         feature_norm=config.feature_norm, feature_weighting=config.feature_weighting,
+        precision=config.precision,
         name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
     model.build(None)
     return model
@@ -196,8 +216,8 @@ def stack(models: Sequence[MachModel]) -> MachModel:
         np.concatenate([np.asarray(m.sparse_input.kernel) for m in models], axis=1))
     out.sparse_input.bias.assign(
         np.concatenate([np.asarray(m.sparse_input.bias) for m in models], axis=0))
-    for i, layer in enumerate(out.hidden + [out.output_layer]):
-        srcs = [(m.hidden + [m.output_layer])[i] for m in models]
+    for i, layer in enumerate(out.dense_layers):
+        srcs = [m.dense_layers[i] for m in models]
         layer.kernel.assign(np.concatenate([np.asarray(s.kernel) for s in srcs], axis=0))
         layer.bias.assign(np.concatenate([np.asarray(s.bias) for s in srcs], axis=0))
     return out

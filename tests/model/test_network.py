@@ -226,3 +226,63 @@ def test_bucket_scores():
     np.testing.assert_allclose(bucket_scores(z).numpy(), [[0.25, 0.75]], rtol=1e-6)
     np.testing.assert_allclose(bucket_scores(z, merge="logprob").numpy(),
                                np.log([[0.25, 0.75]]), rtol=1e-6)
+
+
+# -- mixed precision ------------------------------------------------------------------------
+@pytest.mark.parametrize("num_features", [40, 20_000])  # the GEMM and the gathered input
+def test_mixed_bfloat16_matches_float32_within_tolerance(num_features):
+    rng = np.random.default_rng(0)
+    base = MachConfig.from_data(50, num_features, num_buckets=16, num_repetitions=2,
+                                hidden_units=[32, 16], dropout=0.0, seed=4)
+    x = sparse_batch(rng, batch=32, width=6, dim=num_features)
+    y = rng.integers(0, 16, (32, 2, 2)).astype(np.int32)
+    out, losses, models = {}, {}, {}
+    for precision in ("float32", "mixed_bfloat16"):
+        config = base.replace(precision=precision)
+        keras.utils.set_random_seed(0)
+        model = compile_model(build_model(config, [0, 1]), config)
+        out[precision] = np.asarray(model(x))
+        losses[precision] = model.fit(x, y, epochs=5, batch_size=32, verbose=0,
+                                      shuffle=False).history["loss"]
+        models[precision] = model
+    # Same weights (float32 either way), logits returned in float32, bfloat16 rounding only.
+    assert out["mixed_bfloat16"].dtype == np.float32
+    assert all(v.dtype == "float32" for v in models["mixed_bfloat16"].weights)
+    np.testing.assert_allclose(out["mixed_bfloat16"], out["float32"], atol=0.05)
+    np.testing.assert_allclose(losses["mixed_bfloat16"], losses["float32"], rtol=0.01)
+    assert losses["mixed_bfloat16"][-1] < losses["mixed_bfloat16"][0]  # it trains
+    # A repetition split out of a bfloat16 group is a plain float32 model with its weights.
+    single = split(models["mixed_bfloat16"])[0]
+    assert single.precision == "float32"
+    for a, b in zip(single.repetition_weights(0),
+                    models["mixed_bfloat16"].repetition_weights(0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_precision_is_validated():
+    with pytest.raises(ValueError, match="MachConfig.precision"):
+        MachConfig.from_data(50, 40, precision="float16")
+
+
+@pytest.mark.parametrize("num_features", [40, 20_000])  # the GEMM and the gathered input
+def test_linear_repetitions_without_hidden_layers(num_features):
+    """``hidden_units=[]``: each repetition is ``l2(x) W + b`` straight to the B bucket
+    logits; it trains, splits and stacks like any other network."""
+    config = MachConfig.from_data(50, num_features, num_buckets=8, num_repetitions=3,
+                                  hidden_units=[], seed=1)
+    model = compile_model(build_model(config, [0, 1, 2]), config)
+    assert model.dense_layers == [] and model.drop is None
+    assert model.count_params() == config.num_params() == 3 * (num_features * 8 + 8)
+    rng = np.random.default_rng(0)
+    x = sparse_batch(rng, batch=16, width=5, dim=num_features)
+    dense = dense_of(x, num_features)
+    dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-6)
+    for g in range(3):
+        kernel, bias = model.repetition_weights(g)
+        np.testing.assert_allclose(np.asarray(model(x))[:, g], dense @ kernel + bias,
+                                   atol=1e-5)
+    y = rng.integers(0, 8, (16, 3, 2)).astype(np.int32)
+    losses = model.fit(x, y, epochs=4, verbose=0, shuffle=False).history["loss"]
+    assert losses[-1] < losses[0]
+    back = stack(split(model))
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(model(x)), atol=1e-5)

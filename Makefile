@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TF_EXTRA ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench bench-peers
 
 venv: $(STAMP)
 
@@ -29,5 +29,19 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The peers of benchmarks.time_to_accuracy (Omikuji, napkinXC, PECOS XR-Linear) in their
+# own environment: PECOS pins numpy<2, which TensorFlow 2.21 cannot use. XR-Linear needs
+# only numpy, scipy and scikit-learn, not the torch stack libpecos declares for its
+# transformer models.
+PEERS_VENV := .venv-peers
+bench-peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet "numpy<2" "scipy<1.14" scikit-learn \
+		omikuji napkinxc
+	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps libpecos
+	touch $@
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) demo-output .pytest_cache build *.egg-info

@@ -20,6 +20,24 @@ In one run:
   FLOPs over ``gemm_ms`` (what the matmuls reach at these shapes on their own).
   ``gemm_share`` = ``gemm_ms / fit_step_ms`` says how much of the step is matmul at all.
 
+With ``--epoch``, where a whole epoch of the default run goes instead, through the real
+``mach_tf.train`` on real TFRecords (``--data PREFIX``, default the tagging-shaped synthetic
+set of ``benchmarks.time_to_accuracy``: 50,000 labels, 20,000 features, 20,000 points),
+one group of the default config (``--epochs`` epochs, no early stop), under ``cProfile``:
+
+* ``epoch_s``: the epoch's wall time, and its parts: ``steps_s`` (the ``fit`` steps, from
+  the batch's start to its end: forward, backward, optimizer and any wait for input),
+  ``merged_validation_s`` (``MergedValidation.compute``: the held-out points scored and
+  merged), ``repetition_validation_s`` (the per-repetition validation scalars),
+  ``checkpoint_s`` (``GroupCheckpoint.save``), ``tensorboard_s`` (Keras' TensorBoard
+  callback and the merged scalars) and ``other_s`` (the rest: Keras' loop, other
+  callbacks, Python);
+* once per group: ``setup_s`` (split, validation sample, model build and compile),
+  ``save_s`` (writing the repetitions);
+* ``input_pipeline_epoch_s``: one epoch of the group's input pipeline read alone (it
+  overlaps the steps in training, on the same cores);
+* ``step_parts_ms``: the parts of a step on a batch held in memory (as above).
+
 The last stdout line is one JSON object with the figures and every setting used.
 """
 
@@ -33,8 +51,8 @@ import time
 import numpy as np
 
 from benchmarks import common
-from benchmarks.step_timing import (dense_flops_per_step, fit_step_seconds,
-                                    matmul_peak_gflops, synthetic_batch)
+from benchmarks.step_timing import (dense_flops_per_step, fit_step_seconds, matmul_peak_gflops,
+                                    synthetic_batch)
 
 
 def parse_args(argv=None):
@@ -49,6 +67,13 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
+    p.add_argument("--epoch", action="store_true",
+                   help="break an epoch of the default run into its parts instead")
+    p.add_argument("--data", help="--epoch: training data prefix (default: the synthetic "
+                                  "tagging-shaped set)")
+    p.add_argument("--epochs", type=int, default=3, help="--epoch: epochs to profile")
+    p.add_argument("--workdir", help="--epoch: keep data and run here (default: a "
+                                     "temporary folder)")
     return p.parse_args(argv)
 
 
@@ -134,8 +159,93 @@ def part_times(model, batch) -> dict:
             "update_dense_ms": _median_ms(update_rest), "gemm_ms": _median_ms(gemms)}
 
 
+def epoch_profile(args) -> dict:
+    """The ``--epoch`` breakdown (see module docstring)."""
+    import cProfile
+    import pstats
+
+    from benchmarks.step_timing import StepTimer
+    from benchmarks.time_to_accuracy import dataset_folder
+    from mach_tf.data import config_for_data
+    from mach_tf.launch.local import train
+    from mach_tf.model.network import build_model, compile_model
+    from mach_tf.training.pipeline import epochs_dataset
+    from mach_tf.training.validation import data_split, steps_per_epoch
+    from tfrecords_tools.convert import convert
+
+    with common.workdir(args.workdir, "step-profile-") as work:
+        prefix = args.data
+        if prefix is None:
+            _, folder = dataset_folder("synthetic-tagging", work)
+            prefix = os.path.join(work, "tfr", "train")
+            if not os.path.exists(prefix + ".manifest.json"):
+                convert(os.path.join(folder, "train.txt"), prefix)
+        base = config_for_data(prefix, seed=args.seed)
+        config = base.replace(num_repetitions=base.group_size, epochs=args.epochs,
+                              early_stopping_patience=0, hashing=None)
+        run = os.path.join(work, "run")
+        timer = StepTimer()
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        train(run, prefix, None, config, workers=1, verbose=0, log=lambda m: None,
+              callbacks=[timer])
+        prof.disable()
+        total = time.perf_counter() - t0
+        stats = pstats.Stats(prof)
+
+        def cum(file_part: str, func: str) -> float:
+            return sum(v[3] for (f, _, name), v in stats.stats.items()
+                       if name == func and file_part in f)
+
+        steps = float(np.sum(timer.segments[-1]))
+        parts = {"merged_validation_s": cum("training/callbacks.py", "compute"),
+                 "repetition_validation_s": cum("training/tensorboard.py", "on_epoch_end")
+                 - cum("training/tensorboard.py", "compute"),
+                 "checkpoint_s": cum("training/checkpoint.py", "save"),
+                 "tensorboard_s": cum("keras/src/callbacks/tensorboard.py", "on_epoch_end")}
+        fit_s = cum("training/checkpoint.py", "fit_resumable")
+        setup_s = cum("training/group.py", "setup_group") + cum(
+            "model/network.py", "build_model") + cum("model/network.py", "compile_model")
+        save_s = cum("mach_tf/rundir.py", "save_repetition")
+        epochs = args.epochs
+        per = {k: v / epochs for k, v in parts.items()}
+        epoch_s = fit_s / epochs  # fit_resumable: the epochs with their checkpoints
+        other = epoch_s - steps / epochs - sum(per.values())
+        # The input pipeline alone, one epoch.
+        split = data_split(config, prefix)
+        n_steps = steps_per_epoch(split, config.batch_size)
+        group = list(range(config.group_size))
+        ds = epochs_dataset(prefix, config.replace(epochs=1), group, 0, 0, n_steps,
+                            record_filter=split.train_filter())
+        t = time.perf_counter()
+        for _ in ds:
+            pass
+        pipeline_s = time.perf_counter() - t
+        # The parts of one step, on a batch from memory.
+        keras_model = compile_model(build_model(config, group), config)
+        batch = next(iter(ds))
+        step_parts = part_times(keras_model, batch)
+    return {"benchmark": "step_profile", "mode": "epoch", "data": args.data or
+            "synthetic-tagging", "num_classes": config.num_classes,
+            "num_features": config.num_features, "buckets": config.num_buckets,
+            "hidden_units": config.hidden_units, "group": config.group_size,
+            "batch_size": config.batch_size, "steps_per_epoch": n_steps, "epochs": epochs,
+            "total_s": round(total, 2), "epoch_s": round(epoch_s, 2),
+            "steps_s": round(steps / epochs, 2),
+            **{k: round(v, 2) for k, v in per.items()}, "other_s": round(other, 2),
+            "setup_s": round(setup_s, 2), "save_s": round(save_s, 2),
+            "input_pipeline_epoch_s": round(pipeline_s, 2),
+            "step_ms": round(1000 * steps / max(1, len(timer.segments[-1])), 1),
+            "step_parts_ms": {k: round(v, 2) for k, v in step_parts.items()}}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.epoch:
+        t0 = time.time()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return common.emit(epoch_profile(args), t0)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 

@@ -36,13 +36,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 
 from benchmarks import common
+from benchmarks.peers import peak_rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -55,19 +55,6 @@ TAGGING_SPEC = {"num_labels": 50_000, "num_features": 20_000, "avg_labels": 11.0
                 "zipf": 0.7, "cluster_size": 16, "shared": 1, "own": 2, "keep": 0.25,
                 "noise": 12, "seed": 7}
 TAGGING_POINTS = (20_000, 5_000)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss`` it does not
-    carry over the parent's peak through fork and exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def default_peer_python() -> str:

@@ -87,11 +87,12 @@ class MachHyperModel(kt.HyperModel):
             return cast(hp.Choice(name, values)) if len(values) > 1 else cast(values[0])
 
         if "hidden_width" in s or "hidden_layers" in s:
-            width = choice("hidden_width", int) if "hidden_width" in s else b.hidden_units[0]
+            base_width = b.hidden_units[0] if b.hidden_units else 512  # a linear base
+            width = choice("hidden_width", int) if "hidden_width" in s else base_width
             layers = choice("hidden_layers", int) if "hidden_layers" in s else \
                 len(b.hidden_units)
             # Further layers of 256, as the defaults' second layer (config.py).
-            changes["hidden_units"] = [width] + [256] * (layers - 1)
+            changes["hidden_units"] = [width] + [256] * (layers - 1) if layers > 0 else []
         for name in ("dropout", "learning_rate"):
             if name in s:
                 changes[name] = choice(name, float)
@@ -114,7 +115,8 @@ class MachHyperModel(kt.HyperModel):
         """The hyper-parameter values of the base config, for the levers of ``space`` (the
         oracle's registered hyper-parameters) whose choices hold the base's value."""
         b = self.base
-        wanted = {"hidden_width": b.hidden_units[0], "hidden_layers": len(b.hidden_units),
+        wanted = {"hidden_width": b.hidden_units[0] if b.hidden_units else None,
+                  "hidden_layers": len(b.hidden_units),
                   "dropout": b.dropout, "learning_rate": b.learning_rate,
                   "batch_size": b.batch_size, "loss": b.loss, "merge": b.merge,
                   "feature_weighting": b.feature_weighting, "lr_schedule": b.lr_schedule,

@@ -90,3 +90,17 @@ def test_unknown_lever_is_refused(tiny_data, tiny_config, tmp_path):
     with pytest.raises(ValueError, match="unknown levers"):
         tune(tiny_data["train"], str(tmp_path / "t"), base=tiny_config,
              space={"colour": ["blue"]})
+
+
+def test_a_linear_base_config_tunes_its_layers(tmp_path):
+    import keras_tuner
+
+    from mach_tf.training.tuning import MachHyperModel
+
+    base = MachConfig.from_data(50, 40, num_buckets=8, num_repetitions=2, hidden_units=[])
+    model = MachHyperModel(base, "unused", None, str(tmp_path),
+                           space={"hidden_layers": [0, 1], "hidden_width": [16]})
+    hp = keras_tuner.HyperParameters()
+    assert model.config_for(hp).hidden_units == []      # the first choice: 0 layers
+    hp.values["hidden_layers"] = 1
+    assert model.config_for(hp).hidden_units == [16]

@@ -117,10 +117,10 @@ def train_mach(train: str, test: str, run: str, seed: int, threads: int | None) 
         """Test P@1/P@5 of everything trained so far, after every epoch (benchmark only:
         its time is taken out of the clock and nothing reads its figures)."""
 
-        def __init__(self):
+        def __init__(self, t0: float):
             super().__init__()
             self.points, self.paused, self.cache = [], 0.0, {}
-            self.t0 = time.perf_counter()
+            self.t0 = t0
             self.scorer = None
 
         def on_train_begin(self, logs=None):
@@ -142,9 +142,8 @@ def train_mach(train: str, test: str, run: str, seed: int, threads: int | None) 
                 "p@1": round(float(res["p@1"]), 4), "p@5": round(float(res["p@5"]), 4)})
             self.paused += time.perf_counter() - t
 
-    curve = TestCurve()
     t0 = time.perf_counter()
-    curve.t0 = t0
+    curve = TestCurve(t0)
     summary = train_run(run, train, None, config, workers=1, threads=threads, verbose=0,
                         log=lambda m: None, callbacks=[curve])
     train_s = time.perf_counter() - t0 - curve.paused

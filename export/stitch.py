@@ -34,6 +34,7 @@ from mach_tf.text.reference import featurize_like
 from mach_tf.text.statistics import load_featurizer
 from mach_tf.version import __version__
 from tfrecords_tools import atomic
+from tfrecords_tools.paths import expand_path
 
 
 @dataclasses.dataclass
@@ -108,6 +109,8 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
         mach_tf.errors.RunDirError: for missing, unfinished or foreign repetitions, naming
             them (nothing is written).
     """
+    model_dir, output = expand_path(model_dir), expand_path(output)
+    label_names = expand_path(label_names)
     t0 = time.time()
     _say = log or (lambda msg: None)
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 from tfrecords_tools import atomic
 from tfrecords_tools.manifest import FORMAT_VERSION, Manifest, manifest_path, shard_names
 from tfrecords_tools.parse import FLOAT32_OVERFLOW, SparseReader
+from tfrecords_tools.paths import expand_path
 from tfrecords_tools.text_format import QueryReader
 
 COMPRESSIONS = ("NONE", "GZIP")
@@ -75,7 +76,7 @@ class ShardedWriter:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        self.prefix = prefix
+        self.prefix = prefix = expand_path(prefix)
         self.compression = compression
         self.names = shard_names(prefix, num_shards, compression)
         parent = os.path.dirname(os.path.abspath(prefix))
@@ -176,6 +177,7 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
     Raises:
         DataFormatError: naming the file and line of the first fault (``on_error="fail"``).
     """
+    input_path, prefix = expand_path(input_path), expand_path(prefix)
     is_text = fmt == "text"
     if is_text:
         if num_features is not None:

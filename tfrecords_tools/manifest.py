@@ -15,6 +15,8 @@ import json
 import os
 import re
 
+from tfrecords_tools.paths import expand_path
+
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 _SHARD_NAME = re.compile(r"(?P<base>.+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.tfrecord(?P<gz>\.gz)?")
@@ -122,7 +124,7 @@ class Manifest:
         """
         import tensorflow as tf
 
-        prefix = os.fspath(prefix)
+        prefix = expand_path(prefix)
         if prefix.endswith(MANIFEST_SUFFIX):
             prefix = prefix[: -len(MANIFEST_SUFFIX)]
         path = manifest_path(prefix)

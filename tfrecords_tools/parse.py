@@ -37,6 +37,8 @@ import re
 import zlib
 from typing import Iterator
 
+from tfrecords_tools.paths import expand_path
+
 FORMATS = ("xmc", "libsvm")
 ON_ERROR = ("fail", "skip")
 INT64_MAX = 2**63 - 1
@@ -86,6 +88,24 @@ class Point:
     labels: list[int]
     feature_ids: list[int]
     feature_values: list[float]
+
+
+_HEADER_LINE = re.compile(r"[ \t]*\d+[ \t]+\d+[ \t]+\d+[ \t]*")
+_TEXT_LINE = re.compile(r"[0-9,]*\t.*\S.*")
+
+
+def is_header_line(text: str) -> bool:
+    """Whether ``text`` is an XMC header ``num_points num_features num_labels``: three bare
+    integers, which can never be a data line (features need ``id:value``)."""
+    return _HEADER_LINE.fullmatch(text.rstrip("\r\n")) is not None
+
+
+def text_format_hint(text: str) -> str | None:
+    """A hint when a line that failed to parse has the text format's shape
+    (``labels<TAB>text``), else ``None``."""
+    if _TEXT_LINE.fullmatch(text.rstrip("\r\n")) is None:
+        return None
+    return "this looks like the text format 'labels<TAB>text': use --format text"
 
 
 def _show(tok: str, limit: int = 40) -> str:
@@ -228,7 +248,7 @@ class SparseReader:
             raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-        self.path = os.fspath(path)
+        self.path = expand_path(path)
         self.fmt = fmt
         self.num_features = num_features
         self.num_labels = num_labels
@@ -308,9 +328,10 @@ class SparseReader:
         shown = _show(text.strip(), 80)
         if _BAD_CHAR.search(text) or len(toks) != 3 or not all(
                 t.isascii() and t.isdigit() for t in toks):
-            hint = ("this looks like a data line: for files without a header use "
-                    "--format libsvm" if (":" in text or "," in text) else
-                    "for files without a header use --format libsvm")
+            hint = text_format_hint(text) or (
+                "this looks like a data line: for files without a header use --format libsvm"
+                if (":" in text or "," in text) else
+                "for files without a header use --format libsvm")
             raise self._fault(n, f"malformed header {shown}: expected 'num_points "
                                  f"num_features num_labels' (three non-negative integers); "
                                  f"{hint}")
@@ -368,10 +389,11 @@ class SparseReader:
                 labels, ids, values = parse_line(text, nf, nl)
             except ValueError as e:
                 reason = str(e)
-                if n == 1 and self.fmt == "libsvm" and len(text.split()) == 3 and all(
-                        t.isdigit() for t in text.split()):
+                if n == 1 and self.fmt == "libsvm" and is_header_line(text):
                     reason += ("; line 1 looks like an XMC header 'num_points num_features "
                                "num_labels': use --format xmc")
+                elif text_format_hint(text):
+                    reason += f"; {text_format_hint(text)}"
                 self._bad_line(n, reason)
                 continue
             if ids:

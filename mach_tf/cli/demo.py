@@ -32,6 +32,7 @@ from mach_tf.text.reference import featurize_like
 from mach_tf.text.statistics import load_featurizer
 from tfrecords_tools.convert import convert
 from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.paths import expand_path
 
 DEMO = dict(num_labels=2000, num_features=10000, num_train=30000, num_test=3000,
             buckets=128, repetitions=8, hidden=[128], epochs=4, workers=2)
@@ -79,6 +80,7 @@ def run_demo(workdir: str = "demo-output", small: bool = False, text: bool = Fal
              log=print) -> dict:
     """Runs the demo; returns the JSON of DESIGN.md (p@1, p@5, floor_p@1, export_dir,
     serving_check) plus timings. ``text`` runs the text pipeline (see module docstring)."""
+    workdir = expand_path(workdir)
     s = SMALL if small else DEMO
     t0 = time.time()
     times = {}

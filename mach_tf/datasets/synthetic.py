@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from tfrecords_tools import atomic
+from tfrecords_tools.paths import expand_path
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -162,6 +163,7 @@ def write_xmc(path, spec: SyntheticSpec, num_points: int, seed: int = 0) -> str:
 def write_lines(path: str, lines: Iterator[str], header: str | None = None,
                 chunk: int = 4096) -> None:
     """Writes text lines (UTF-8) to ``path`` atomically, ``chunk`` lines per write."""
+    path = expand_path(path)
     with atomic.writing(path, "w") as f:
         if header is not None:
             f.write(header + "\n")
@@ -178,6 +180,7 @@ def write_lines(path: str, lines: Iterator[str], header: str | None = None,
 def write_split(directory, spec: SyntheticSpec, num_train: int,
                 num_test: int) -> tuple[str, str]:
     """Writes ``train.txt`` and ``test.txt`` (disjoint samples of the same structure)."""
+    directory = expand_path(directory)
     directory = os.fspath(directory)
     train = write_xmc(os.path.join(directory, "train.txt"), spec, num_train, seed=1)
     test = write_xmc(os.path.join(directory, "test.txt"), spec, num_test, seed=2)

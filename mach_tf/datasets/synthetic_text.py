@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from mach_tf.datasets.synthetic import SyntheticSpec, _mix, generate, write_lines
+from tfrecords_tools.paths import expand_path
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -167,6 +168,7 @@ def write_text(path, spec: SyntheticSpec, num_points: int, seed: int = 0,
 def write_text_split(directory, spec: SyntheticSpec, num_train: int, num_test: int,
                      noise: TextNoise | None = None) -> tuple[str, str]:
     """Writes ``train.txt`` and ``test.txt`` (disjoint samples of the same dataset)."""
+    directory = expand_path(directory)
     directory = os.fspath(directory)
     train = write_text(os.path.join(directory, "train.txt"), spec, num_train, 1, noise)
     test = write_text(os.path.join(directory, "test.txt"), spec, num_test, 2, noise)

@@ -32,6 +32,7 @@ from tfrecords_tools import atomic
 from tfrecords_tools.convert import write_examples
 from tfrecords_tools.manifest import Manifest, manifest_path
 from tfrecords_tools.parse import SparseReader
+from tfrecords_tools.paths import expand_path
 
 _CITATION = """Bhatia, K., Dahiya, K., Jain, H., Kar, P., Mittal, A., Prabhu, Y., Varma, M.:
 The Extreme Classification Repository: multi-label datasets and code (2016).
@@ -141,6 +142,7 @@ def prepare(name: str = "xmc/generic", data_dir: str | None = None,
     Returns:
         ``{"train": prefix, "test": prefix}`` for ``mach-tf train/evaluate``.
     """
+    data_dir, manual_dir = expand_path(data_dir), expand_path(manual_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -172,6 +174,8 @@ def to_prefix(dataset, prefix: str, num_features: int, num_labels: int,
     Returns:
         The written :class:`tfrecords_tools.manifest.Manifest`.
     """
+    prefix = expand_path(prefix)
+
     def points():
         for ex in dataset.as_numpy_iterator():
             yield (ex["labels"].tolist(), ex["feature_ids"].tolist(),

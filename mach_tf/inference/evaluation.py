@@ -19,6 +19,7 @@ from mach_tf.inference.scorer import MergedScorer
 from mach_tf.text.statistics import load_featurizer
 from tfrecords_tools.dataset import make_dataset
 from tfrecords_tools.manifest import Manifest
+from tfrecords_tools.paths import expand_path
 from tfrecords_tools.verification import located_read_errors
 
 #: The file an export keeps its run's config and settings in, under ``assets.extra/``.
@@ -32,6 +33,7 @@ def export_info_path(export: str) -> str:
 
 def resolve_export(path: str) -> str:
     """The SavedModel directory of ``path``: itself, or its highest integer version."""
+    path = expand_path(path)
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
     if tf.io.gfile.isdir(path):
@@ -41,6 +43,10 @@ def resolve_export(path: str) -> str:
             cand = os.path.join(path, str(v))
             if tf.io.gfile.exists(os.path.join(cand, "saved_model.pb")):
                 return cand
+    if rundir.is_run_dir(path):
+        raise FileNotFoundError(
+            f"{path} is a run directory, and this needs an export (a SavedModel): make one "
+            f"with 'mach-tf export --model-dir {path} --output BASE/NAME' and pass BASE/NAME")
     raise FileNotFoundError(f"{path}: neither a run directory (config.json) nor a SavedModel "
                             f"export (saved_model.pb, or BASE/NAME with version folders)")
 
@@ -93,6 +99,7 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         tfrecords_tools.ShardError: naming a corrupt or truncated test shard.
         ValueError: ``repetitions`` out of range, or given for an export.
     """
+    model, test = expand_path(model), expand_path(test)
     with located_read_errors(test):
         return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
                          repetitions)

@@ -29,6 +29,7 @@ from mach_tf.launch.worker import train_worker
 from mach_tf.training.group import Log, log_to_stderr
 from mach_tf.training.pipeline import configure_threads
 from mach_tf.training.prepare import prepare_run
+from tfrecords_tools.paths import expand_path
 
 
 def _gpu_count() -> int:
@@ -96,6 +97,7 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
         ``failed`` repetitions, ``complete``, ``seconds``, ``workers`` and, with validation,
         ``final_validation``.
     """
+    run, train, valid = expand_path(run), expand_path(train), expand_path(valid)
     t0 = time.time()
     if callbacks and workers > 1:
         raise ValueError("callbacks run in this process: pass them only with workers=1")

@@ -34,6 +34,7 @@ from mach_tf.launch.worker import train_worker
 from mach_tf.training.group import log_to_stderr
 from mach_tf.training.pipeline import configure_threads
 from mach_tf.training.prepare import prepare_run
+from tfrecords_tools.paths import expand_path
 
 
 def _encoded_size(obj) -> int:
@@ -153,6 +154,7 @@ def train_ray(run: str, train: str, valid: str | None = None,
         RuntimeError: when Ray is not installed.
         rundir.RunDirError: for a run directory holding a different config.
     """
+    run, train, valid = expand_path(run), expand_path(train), expand_path(valid)
     try:
         import ray
     except ImportError:

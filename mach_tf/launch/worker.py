@@ -26,6 +26,7 @@ from mach_tf.launch.identity import assigned_repetitions, worker_identity
 from mach_tf.training.checkpoint import GroupCheckpoint
 from mach_tf.training.group import Events, Log, log_to_stderr, train_group
 from mach_tf.training.prepare import prepare_run
+from tfrecords_tools.paths import expand_path
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
         A :class:`WorkerReport`. Repetitions whose training failed are listed in
         ``failed`` (with the reason); the others are unaffected.
     """
+    run, train, valid = expand_path(run), expand_path(train), expand_path(valid)
     index, count = worker_identity(worker_index, num_workers)
     cpu0 = time.process_time()
     if config is None:

@@ -32,6 +32,7 @@ from mach_tf.training.group import best_epoch_summary, setup_group
 from mach_tf.training.pipeline import epochs_dataset
 from mach_tf.training.validation import data_split, steps_per_epoch
 from tfrecords_tools import atomic
+from tfrecords_tools.paths import expand_path
 
 OBJECTIVE = "merged_p@1"
 TUNERS = ("bayesian", "hyperband", "random")
@@ -211,6 +212,7 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
         A report: ``best_score`` (merged validation P@1), ``best_hyperparameters``,
         ``config`` (the path of the best config), ``trials``, ``seconds``.
     """
+    train, output, valid = expand_path(train), expand_path(output), expand_path(valid)
     if tuner not in TUNERS:
         raise ValueError(f"tuner must be one of {TUNERS}, got {tuner!r}")
     t0 = time.time()

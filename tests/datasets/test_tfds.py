@@ -64,6 +64,14 @@ def test_missing_manual_files_are_named(tmp_path):
         tfds_xmc.prepare("xmc/generic", str(tmp_path / "d"), str(tmp_path / "manual"))
 
 
+def test_home_in_data_dir_is_expanded(tmp_path, manual_dir, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    prefixes = tfds_xmc.prepare("xmc/generic", data_dir="~/tfds", manual_dir=str(manual_dir))
+    assert prefixes["train"].startswith(str(tmp_path / "home" / "tfds"))
+    assert not (tmp_path / "~").exists()
+
+
 def test_known_configs():
     names = {c.name for c in tfds_xmc.Xmc.BUILDER_CONFIGS}
     assert {"bibtex", "delicious", "corel5k", "generic"} <= names

@@ -187,6 +187,21 @@ def test_xmc_file_read_as_libsvm_hints_xmc(tmp_path):
     assert "looks like an XMC header" in str(err) and "--format xmc" in str(err)
 
 
+@pytest.mark.parametrize("fmt,line,message", [("xmc", 1, "malformed header"),
+                                               ("libsvm", 1, "malformed feature 'red'")])
+def test_text_format_file_hints_text(tmp_path, fmt, line, message):
+    path = tmp_path / "queries.tsv"
+    path.write_text("1,3\tred running shoes\n\tblue hat\n")
+    err = expect_fault(str(path), fmt, line, message)
+    assert "looks like the text format 'labels<TAB>text': use --format text" in str(err)
+
+
+def test_tab_separated_xmc_lines_are_not_text(tmp_path):
+    path = tmp_path / "tabs.txt"
+    path.write_text("2 10 5\n1,2\t3:1\t4:2\n\t5:1\n")
+    assert [p.feature_ids for p in reader(str(path), "xmc")] == [[3, 4], [5]]
+
+
 def test_header_counts_disagree_with_the_data(tmp_path):
     few, _ = data_file(tmp_path, "xmc", ["1 2:1", "2 3:1"], header="3 10 5", name="few")
     expect_fault(few, "xmc", 1, "header declares 3 points but the file has 2 data lines")

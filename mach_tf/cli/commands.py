@@ -198,7 +198,7 @@ def cmd_predict(a) -> dict:
                                batch_size=a.batch_size)
     else:
         n = predict_lines(a.model, sys.stdin, sys.stdout, top_k=a.top_k,
-                          batch_size=a.batch_size)
+                          batch_size=a.batch_size, log=_log)
     return {"queries": n}
 
 

@@ -12,13 +12,13 @@ import os
 import sys
 
 from mach_tf.cli.commands import COMMANDS
-from mach_tf.cli.parser import UsageError, build_parser
+from mach_tf.cli.parser import UsageError, build_parser, parse_args
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv)
     except UsageError as e:
         print(str(e), file=sys.stderr)
         return 2

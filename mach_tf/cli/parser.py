@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import textwrap
 
 from mach_tf.version import __version__
+from tfrecords_tools.paths import expand_path
 
 EXAMPLES = {
     "convert": """
@@ -89,7 +91,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _sub(subparsers, name: str, help_: str, parents=()) -> argparse.ArgumentParser:
     return subparsers.add_parser(
-        name, help=help_, description=help_, parents=list(parents),
+        name, help=help_, description=help_, parents=list(parents), allow_abbrev=False,
         epilog=textwrap.dedent(EXAMPLES.get(name, "")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -104,21 +106,44 @@ def _ks(text: str) -> list[int]:
     return ks
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, naming the subcommand and the flag meant when an argument
+    is not recognised (flags are never matched by prefix: ``--bucket`` is not ``--buckets``).
+
+    Raises:
+        UsageError: for any argument error.
+    """
+    a, extras = parser.parse_known_args(argv)
+    if extras:
+        target = parser.subcommands.get(getattr(a, "command", None)) or parser
+        known = [o for action in target._actions for o in action.option_strings]
+        hints = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+            if close:
+                hints.append(f"{close[0]} for {flag}")
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        target.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    return a
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mach-tf", description="MACH extreme classification for "
-                                            "TensorFlow/Keras.")
+    p = _Parser(prog="mach-tf", allow_abbrev=False,
+                description="MACH extreme classification for TensorFlow/Keras.")
     p.add_argument("--version", action="version", version=f"mach-tf {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--json", action="store_true",
                         help="print one JSON object as the last stdout line")
     common.add_argument("--verbose", action="store_true",
                         help="show full tracebacks on failure")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p.subcommands = sub.choices  # name -> parser, for parse_args' messages
 
     c = _sub(sub, "convert", "Convert XMC or libsvm text into sharded TFRecords.", [common])
-    c.add_argument("input", help="text file (plain or gzip)")
-    c.add_argument("prefix", help="output prefix: PREFIX-0000i-of-0000N.tfrecord + "
-                                  "PREFIX.manifest.json")
+    c.add_argument("input", type=expand_path, help="text file (plain or gzip)")
+    c.add_argument("prefix", type=expand_path,
+                   help="output prefix: PREFIX-0000i-of-0000N.tfrecord + PREFIX.manifest.json")
     c.add_argument("--format", choices=("xmc", "libsvm", "text"), default="xmc",
                    help="xmc (header line), libsvm, or text (lines 'labels<TAB>text')")
     c.add_argument("--shards", type=int, default=1)
@@ -134,11 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     y = _sub(sub, "verify", "Read a converted dataset back in full and check it against its "
                             "manifest (CRCs, schema, ids, counts).", [common])
-    y.add_argument("prefix", help="dataset prefix (PREFIX.manifest.json)")
+    y.add_argument("prefix", type=expand_path, help="dataset prefix (PREFIX.manifest.json)")
 
     s = _sub(sub, "synth", "Write synthetic XMC data (power-law labels, prototype "
                            "features).", [common])
-    s.add_argument("directory", help="writes DIRECTORY/train.txt and DIRECTORY/test.txt")
+    s.add_argument("directory", type=expand_path,
+                   help="writes DIRECTORY/train.txt and DIRECTORY/test.txt")
     s.add_argument("--num-labels", type=int, default=1000)
     s.add_argument("--num-features", type=int, default=5000)
     s.add_argument("--train", type=int, default=20000, dest="num_train")
@@ -152,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = _sub(sub, "train", "Train the MACH repetitions (this worker's share, or all with "
                            "--workers).", [common])
-    t.add_argument("--train", required=True, help="training data prefix")
-    t.add_argument("--valid", help="validation data prefix")
-    t.add_argument("--model-dir", required=True, help="the run directory")
-    t.add_argument("--config", help="a config.json to start from (e.g. from 'mach-tf tune')")
+    t.add_argument("--train", required=True, type=expand_path, help="training data prefix")
+    t.add_argument("--valid", type=expand_path, help="validation data prefix")
+    t.add_argument("--model-dir", required=True, type=expand_path, help="the run directory")
+    t.add_argument("--config", type=expand_path,
+                   help="a config.json to start from (e.g. from 'mach-tf tune')")
     t.add_argument("--buckets", type=int, help="B (default: from K)")
     t.add_argument("--repetitions", type=int, help="R (default: from K)")
     t.add_argument("--hidden", type=int, nargs="+",
@@ -208,19 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verbose-fit", type=int, default=2, help=argparse.SUPPRESS)
 
     e = _sub(sub, "export", "Stitch a run into one SavedModel for TensorFlow Serving.", [common])
-    e.add_argument("--model-dir", required=True)
-    e.add_argument("--output", required=True, help="BASE/NAME; writes BASE/NAME/VERSION")
+    e.add_argument("--model-dir", required=True, type=expand_path)
+    e.add_argument("--output", required=True, type=expand_path,
+                   help="BASE/NAME; writes BASE/NAME/VERSION")
     e.add_argument("--version", type=int, dest="model_version")
     e.add_argument("--top-k", type=int, default=10)
-    e.add_argument("--label-names", help="file with one label name per line")
+    e.add_argument("--label-names", type=expand_path, help="file with one label name per line")
     e.add_argument("--decoder", choices=("auto", "exact", "candidates"), default="auto")
     e.add_argument("--candidate-buckets", type=int, default=10, help="m (candidates decoder)")
     e.add_argument("--no-verify", action="store_true",
                    help="skip loading the export back and checking it")
 
     v = _sub(sub, "evaluate", "P@k and nDCG@k of a run or an export on test data.", [common])
-    v.add_argument("--model", required=True, help="run directory or export")
-    v.add_argument("--test", required=True, help="test data prefix")
+    v.add_argument("--model", required=True, type=expand_path, help="run directory or export")
+    v.add_argument("--test", required=True, type=expand_path, help="test data prefix")
     v.add_argument("--k", type=_ks, default=[1, 3, 5], help="cut-offs, e.g. 1,3,5")
     v.add_argument("--decoder", choices=("auto", "exact", "candidates"), default="auto")
     v.add_argument("--candidate-buckets", type=int, default=10)
@@ -228,8 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--repetitions", type=int,
                    help="run directories: merge only the first N repetitions (default all)")
 
-    r = _sub(sub, "predict", "Query an export: XMC lines on stdin, JSON lines out.", [common])
-    r.add_argument("--model", required=True, help="export (BASE/NAME or BASE/NAME/VERSION)")
+    r = _sub(sub, "predict", "Query an export: one query per line on stdin (XMC features "
+                             "'id:value ...', or raw text with --text), one JSON line out per "
+                             "input line, in order; an empty line is an empty query.", [common])
+    r.add_argument("--model", required=True, type=expand_path,
+                   help="export (BASE/NAME or BASE/NAME/VERSION)")
     r.add_argument("--top-k", type=int, help="return at most this many (<= the export's)")
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--text", action="store_true",
@@ -237,12 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = _sub(sub, "tune", "Search the levers with keras-tuner, objective merged validation "
                           "P@1; writes the best config for 'mach-tf train --config'.", [common])
-    u.add_argument("--train", required=True, help="training data prefix")
-    u.add_argument("--valid", help="validation data prefix (default: carved from --train)")
-    u.add_argument("--output", required=True,
+    u.add_argument("--train", required=True, type=expand_path, help="training data prefix")
+    u.add_argument("--valid", type=expand_path,
+                   help="validation data prefix (default: carved from --train)")
+    u.add_argument("--output", required=True, type=expand_path,
                    help="writes OUTPUT/config.json, trials.json, tuner/ and logs/")
-    u.add_argument("--config", help="a config.json to search around (default: the "
-                                    "defaults for the data)")
+    u.add_argument("--config", type=expand_path,
+                   help="a config.json to search around (default: the defaults for the data)")
     u.add_argument("--tuner", choices=("bayesian", "hyperband", "random"), default="bayesian")
     u.add_argument("--max-trials", type=int, default=10)
     u.add_argument("--max-epochs", type=int, help="epoch cap of each trial")
@@ -252,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--threads", type=int, help="TensorFlow threads")
 
     d = _sub(sub, "demo", "The whole pipeline end to end on built-in synthetic data.", [common])
-    d.add_argument("--workdir", default="demo-output")
+    d.add_argument("--workdir", default="demo-output", type=expand_path)
     d.add_argument("--small", action="store_true", help="a smaller, faster demo")
     d.add_argument("--text", action="store_true",
                    help="the text pipeline: synthetic labelled queries, predict_text")

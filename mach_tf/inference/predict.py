@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import json
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
 
 from mach_tf import rundir
 from mach_tf.inference.evaluation import export_info_path, resolve_export
-from tfrecords_tools.parse import DataFormatError, parse_line
+from tfrecords_tools.parse import DataFormatError, is_header_line, parse_line
 from tfrecords_tools.text_format import query_text
 
 
@@ -56,18 +56,27 @@ def _write_answers(res: dict, count: int, out: IO[str], top_k: int | None) -> No
 
 
 def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
-                  batch_size: int = 256, source: str = "<stdin>") -> int:
-    """Answers every data line (``[labels] id:value ...``) with one JSON line.
+                  batch_size: int = 256, source: str = "<stdin>",
+                  log: Callable[[str], None] | None = None) -> int:
+    """Answers every input line, a query ``[labels] id:value ...``, with one JSON line.
 
-    Each output line is ``{"label_ids": [...], "scores": [...], "labels": [...]}``.
+    Each output line is ``{"label_ids": [...], "scores": [...], "labels": [...]}``, in the
+    order of the input lines: an empty line is an empty query (no features) and is answered
+    like one, so answer ``i`` always belongs to input line ``i``. The labels of a line, if
+    any, are ignored, so a test file can be piped in as is; its XMC header
+    (``num_points num_features num_labels``, never a query) is skipped when it comes first,
+    and ``log`` is told so.
 
     Returns:
         The number of queries answered.
 
     Raises:
-        DataFormatError: naming the input line that is malformed.
+        DataFormatError: naming the input line that is malformed, after the lines before it
+            are answered. When the export takes raw text (it has ``predict_text``), the
+            message says to send text.
     """
-    _loaded, fn = load_signature(model)
+    loaded, fn = load_signature(model)
+    takes_text = "predict_text" in loaded.signatures
     num_features = _export_num_features(model)
     n = 0
     batch: list[tuple[list[int], list[float]]] = []
@@ -83,12 +92,23 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
 
     for lineno, line in enumerate(lines, start=1):
         text = line.rstrip("\r\n")
-        if not text.strip():
-            continue
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+            if is_header_line(text):
+                if log is not None:
+                    log(f"{source}:1: {text.strip()!r} is an XMC header (num_points "
+                        f"num_features num_labels), not a query: skipped")
+                continue
         try:
-            _labels, ids, vals = parse_line(text, num_features)
+            _labels, ids, vals = parse_line(text, num_features) if text.strip() else \
+                ([], [], [])
         except ValueError as e:
-            raise DataFormatError(source, lineno, str(e)) from None
+            flush()
+            reason = str(e)
+            if takes_text:
+                reason = (f"{reason}; this export takes text queries: add --text "
+                          f"(predict_text_lines in Python)")
+            raise DataFormatError(source, lineno, reason) from None
         batch.append((ids, vals))
         n += 1
         if len(batch) >= batch_size:
@@ -102,15 +122,17 @@ def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
                        source: str = "<stdin>") -> int:
     """Answers every line, a raw query, with one JSON line, through ``predict_text``.
 
-    Every line is a query (an empty line is an empty query, answered like one); a line of
-    the text format (``labels<TAB>text``) is answered for its text, so a test file can be
-    piped in as is. Lines may be bytes (read from a binary stream) or str.
+    Every line is a query, answered in input order (an empty line is an empty query,
+    answered like one); a line of the text format (``labels<TAB>text``) is answered for its
+    text, so a test file can be piped in as is. Lines may be bytes (read from a binary
+    stream) or str.
 
     Returns:
         The number of queries answered.
 
     Raises:
-        DataFormatError: naming a line that is not valid UTF-8.
+        DataFormatError: naming a line that is not valid UTF-8, after the lines before it
+            are answered.
         ValueError: when the model has no ``predict_text`` (it was not trained on text).
     """
     loaded, _ = load_signature(model)
@@ -134,6 +156,7 @@ def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
                 text = text.lstrip("\ufeff")
             query = query_text(text).encode("utf-8")
         except UnicodeError as e:
+            flush()  # the lines before the fault are answered
             raise DataFormatError(source, lineno, f"not valid UTF-8 ({e.reason} at byte "
                                                   f"{getattr(e, 'start', 0) + 1})") from None
         batch.append(query)

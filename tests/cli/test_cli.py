@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 
 SUBCOMMANDS = ["convert", "verify", "synth", "train", "export", "evaluate", "predict", "tune",
                "demo"]
@@ -27,6 +27,40 @@ def test_usage_errors_exit_2():
     res = run_cli("train", "--model-dir", "x")
     assert res.returncode == 2 and "--train" in res.stderr
     assert run_cli("convert", "a", "b", "--format", "csv").returncode == 2
+
+
+def test_flags_are_never_matched_by_prefix():
+    from mach_tf.cli.parser import UsageError, build_parser, parse_args
+
+    parser = build_parser()
+    assert not parser.allow_abbrev
+    assert all(not sub.allow_abbrev for sub in parser.subcommands.values())
+    with pytest.raises(UsageError, match=r"mach-tf train: error: unrecognized arguments: "
+                                         r"--bucket 64 \(did you mean --buckets for --bucket"):
+        parse_args(parser, ["train", "--train", "t", "--model-dir", "r", "--bucket", "64"])
+    with pytest.raises(UsageError, match="did you mean --top-k for --top"):
+        parse_args(parser, ["predict", "--model", "m", "--top=3"])
+    with pytest.raises(UsageError, match="unrecognized arguments: --verb"):
+        parse_args(parser, ["evaluate", "--model", "m", "--test", "t", "--verb"])
+    res = run_cli("train", "--train", "t", "--model-dir", "r", "--epoch", "3")
+    assert res.returncode == 2 and "did you mean --epochs for --epoch?" in res.stderr
+
+
+def test_home_and_variables_in_path_flags_are_expanded(tmp_path, monkeypatch):
+    from mach_tf.cli.parser import build_parser, parse_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MACH_RUNS", str(tmp_path / "runs"))
+    a = parse_args(build_parser(), ["train", "--train", "~/tfr/train",
+                                    "--model-dir=$MACH_RUNS/r1", "--valid=~/tfr/valid"])
+    assert (a.train, a.model_dir, a.valid) == (f"{tmp_path}/tfr/train", f"{tmp_path}/runs/r1",
+                                               f"{tmp_path}/tfr/valid")
+    src = tmp_path / "in.txt"
+    src.write_text("2 5 3\n0 1:1\n1,2 3:0.5\n")
+    res = run_cli("convert", "~/in.txt", "~/tfr/in", "--json", env={"HOME": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "tfr" / "in.manifest.json").exists()
+    assert not os.path.exists(os.path.join(ROOT, "~"))  # run_cli's working directory
 
 
 def test_failures_exit_1_with_one_line(tmp_path):

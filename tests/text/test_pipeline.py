@@ -15,12 +15,13 @@ from export import client, stitch
 from export.stitch import ExportError, export_model
 from export.verification import TEXT_PROBES
 from mach_tf import rundir
-from mach_tf.inference.predict import pad_batch, predict_text_lines
+from mach_tf.inference.predict import pad_batch, predict_lines, predict_text_lines
 from mach_tf.inference.reference import topk_agree
 from mach_tf.text.reference import featurize_like
 from mach_tf.text.statistics import load_featurizer, statistics_sha256
 from tests.helpers import decode_rest, python_topk, replay_warmup, serve_both_ways
 from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.parse import DataFormatError
 
 LOADERS = ("saved_model.load", "session")
 
@@ -233,6 +234,20 @@ def test_predict_text_lines(text_export, served, queries):
     for a, ids, names in zip(answers, direct["label_ids"], direct["labels"]):
         assert a["label_ids"] == ids[:3].tolist()
         assert a["labels"] == [x.decode() for x in names[:3]]
+
+
+def test_predict_text_answers_the_lines_before_a_fault(text_export, queries):
+    out = io.StringIO()
+    lines = [queries[0].encode() + b"\n", b"\n", b"caf\xe9\n", queries[1].encode() + b"\n"]
+    with pytest.raises(DataFormatError, match=r"^<stdin>:3: not valid UTF-8"):
+        predict_text_lines(text_export.path, lines, out)  # one batch: nothing sent yet
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_sparse_queries_to_a_text_export_are_told_to_add_text(text_export):
+    with pytest.raises(DataFormatError, match=r"<stdin>:1: malformed label id 'red'.*this "
+                                              r"export takes text queries: add --text"):
+        predict_lines(text_export.path, ["red running shoes\n"], io.StringIO())
 
 
 def test_predict_text_refuses_a_sparse_export(tiny_export):

@@ -9,10 +9,38 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
 
 from mach_tf.cli.commands import COMMANDS
 from mach_tf.cli.parser import UsageError, build_parser, parse_args
+
+# What TensorFlow's native code prints to stderr when it loads, before its logging is set
+# up (so TF_CPP_MIN_LOG_LEVEL cannot hold it back): notes, not faults.
+_STARTUP_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is "
+                            r"called are written to STDERR|"
+                            r"I0000 \S+ +\d+ \w+\.cc:\d+\] oneDNN custom operations are on.*")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its native start-up notes held back from stderr (anything
+    else it prints there still gets through)."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode("utf-8", "replace").splitlines():
+                if not _STARTUP_NOISE.fullmatch(line):
+                    print(line, file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -28,6 +56,8 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not getattr(a, "verbose", False):
+        import_tensorflow_quietly()
     try:
         result = COMMANDS[a.command](a)
     except UsageError as e:

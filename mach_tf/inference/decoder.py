@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf.hashing import HashFamily
+from mach_tf.inference.filters import allowed_fn, has_restriction
 
 #: ``decoder="auto"`` scores exactly up to this many classes, by candidates above. Exact
 #: decoding costs ``R * K`` gathers and a top-k over K per query: about 4 ms per query at
@@ -162,7 +163,8 @@ def _drop_repeats(ids):
     return tf.gather(repeat, inverse, batch_dims=1)
 
 
-def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int):
+def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int,
+                   allowed=None):
     """Top k among the classes of each repetition's top-m buckets, scored exactly.
 
     Args:
@@ -172,6 +174,9 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int)
         class_slots: int ``[K, R]``, every class's slot ``r*B + h_r(c)``.
         m: Buckets taken per repetition.
         k: How many to return.
+        allowed: Optional ``allowed(class_ids [T], row [T]) -> bool [T]`` (see
+            :func:`mach_tf.inference.filters.allowed_fn`); candidates it refuses are
+            dropped.
 
     Returns:
         ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best first, each class
@@ -198,6 +203,9 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int)
     parts = tf.unstack(tf.gather(tf.reshape(bucket_scores, [-1]), flat), num_r, axis=1)
     # add_n sums left to right, like the exact decoder's running sum.
     score = tf.math.add_n(parts) / float(num_r)
+    if allowed is not None:
+        score = tf.where(allowed(tf.cast(cand, tf.int64), row), score,
+                         tf.constant(-np.inf, score.dtype))
     # A class appears at most once per repetition, so each of the k best distinct classes
     # has a copy among the k*R best entries: de-duplicate those only.
     q = k * num_r
@@ -211,6 +219,96 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int)
     ids = tf.gather(best_c, top_k.indices, batch_dims=1)
     ids = tf.where(top_k.values == -np.inf, tf.constant(-1, tf.int64), ids)
     return top_k.values, ids
+
+
+def growing_candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int,
+                           allowed, needed=None):
+    """:func:`candidate_topk` with ``allowed``, where a row with fewer than k allowed
+    candidates takes more buckets per repetition (m, 2m, 4m, ... up to B, where every class
+    is a candidate): filters never cost an answer its k classes when K minus the filtered
+    classes allows them. Each row's answer is that of the first size that fills it, so it
+    never depends on the other rows of the batch.
+
+    Args:
+        needed: Optional bool ``[batch]``: only these rows' answers are used (the others
+            are never grown for).
+    """
+    num_b = _static_rb(bucket_scores)[1]
+    sizes = [max(1, min(int(m), num_b))]
+    while sizes[-1] < num_b:
+        sizes.append(min(2 * sizes[-1], num_b))
+    result = candidate_topk(bucket_scores, offsets, classes, class_slots, sizes[0], k,
+                            allowed)
+    for size in sizes[1:]:
+        def grow(result=result, size=size):
+            more = candidate_topk(bucket_scores, offsets, classes, class_slots, size, k,
+                                  allowed)
+            short = tf.reduce_any(result[1] < 0, axis=1, keepdims=True)
+            return tf.where(short, more[0], result[0]), tf.where(short, more[1], result[1])
+        short = tf.reduce_any(result[1] < 0, axis=1)
+        if needed is not None:
+            short = tf.logical_and(short, needed)
+        result = tf.cond(tf.reduce_any(short), grow, lambda result=result: result)
+    return result
+
+
+def exact_filtered_topk(bucket_scores, table, k: int, excluded=None, exclude_ids=None):
+    """:func:`exact_topk` without the ``excluded`` classes (sorted int64 ``[E]``) and each
+    row's ``exclude_ids`` (int64 ``[batch, m]``, -1 padding); padded with (-inf, -1) when
+    fewer than k classes are left."""
+    scores = exact_scores(bucket_scores, table)
+    num_k = tf.shape(scores, out_type=tf.int64)[1]
+    minus_inf = tf.constant(-np.inf, scores.dtype)
+    if excluded is not None:
+        # x + 0 is x bit for bit: only the excluded columns change.
+        scores = scores + tf.scatter_nd(excluded[:, None],
+                                        tf.fill(tf.shape(excluded), minus_inf), [num_k])
+    if exclude_ids is not None:
+        where = tf.where(exclude_ids >= 0)  # [n, 2]: (row, column)
+        cells = tf.stack([where[:, 0], tf.gather_nd(exclude_ids, where)], axis=1)
+        scores = tf.tensor_scatter_nd_update(
+            scores, cells, tf.fill(tf.shape(cells)[:1], minus_inf))
+    if table.shape[1] is not None and table.shape[1] >= k:
+        top = tf.math.top_k(scores, k=k, sorted=True)
+        top_s, top_c = top.values, tf.cast(top.indices, tf.int64)
+    else:
+        top_s, top_c = _pad_topk(scores, tf.broadcast_to(
+            tf.range(num_k)[None, :], tf.shape(scores, out_type=tf.int64)), k)
+    return top_s, tf.where(top_s == -np.inf, tf.constant(-1, tf.int64), top_c)
+
+
+def restricted_topk(bucket_scores, restrict_ids, slots, k: int, allowed=None):
+    """Top k among each row's ``restrict_ids`` (int64 ``[batch, n]``, -1 padding), scored
+    directly: ``R * n`` gathers per row, whatever K.
+
+    Args:
+        bucket_scores: float ``[batch, R, B]`` (R and B static).
+        restrict_ids: The classes each row may be answered with.
+        slots: ``slots(class_ids [batch, n]) -> [batch, n, R]``, each class's bucket in
+            every repetition (``r*B + h_r(c)``), from the decoder's own table.
+        k: How many to return.
+        allowed: As for :func:`candidate_topk`.
+
+    Returns:
+        As :func:`candidate_topk`: a class's score is the one the exact and candidate
+        decoders give it, bit for bit (the same sums in the same order).
+    """
+    num_r, num_b = _static_rb(bucket_scores)
+    batch = tf.shape(restrict_ids, out_type=tf.int64)[0]
+    valid = restrict_ids >= 0
+    ids = tf.where(valid, restrict_ids, tf.zeros_like(restrict_ids))
+    flat = tf.cast(slots(ids), tf.int64) + \
+        (tf.range(batch) * (num_r * num_b))[:, None, None]  # [batch, n, R]
+    parts = tf.unstack(tf.gather(tf.reshape(bucket_scores, [-1]), flat), num_r, axis=2)
+    score = tf.math.add_n(parts) / float(num_r)
+    keep = tf.logical_and(valid, tf.logical_not(_drop_repeats(restrict_ids)))
+    if allowed is not None:
+        rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(restrict_ids, tf.int64))
+        keep = tf.logical_and(keep, tf.reshape(
+            allowed(tf.reshape(ids, [-1]), tf.reshape(rows, [-1])), tf.shape(ids)))
+    score = tf.where(keep, score, tf.constant(-np.inf, score.dtype))
+    top_s, top_c = _pad_topk(score, restrict_ids, k)
+    return top_s, tf.where(top_s == -np.inf, tf.constant(-1, tf.int64), top_c)
 
 
 def num_candidates_estimate(num_classes: int, num_buckets: int, num_repetitions: int,
@@ -236,14 +334,19 @@ class MergedTopK(keras.layers.Layer):
         k: Classes returned per query (a call may ask for another k).
         decoder: ``"exact"``, ``"candidates"`` or ``"auto"`` (by K).
         candidate_buckets: m, buckets per repetition for candidate decoding.
+        excluded_classes: Class ids never returned (a catalogue's retired classes); held
+            as a sorted weight. Every answer still has k classes while K minus their number
+            allows: candidate decoding takes more buckets as needed.
 
     Call with bucket scores (:func:`mach_tf.model.bucket_scores` of the R repetitions'
-    logits); returns ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best
-    first, padded with ``(-inf, -1)`` when fewer than k classes can be returned.
+    logits), and optionally a request's ``exclude_ids`` and ``restrict_ids`` (int64
+    ``[batch, n]`` padded with -1, see :mod:`mach_tf.inference.filters`); returns
+    ``(scores float32 [batch, k], class_ids int64 [batch, k])``, best first, padded with
+    ``(-inf, -1)`` when fewer than k classes can be returned.
     """
 
     def __init__(self, num_classes, hashing, k=10, decoder="auto",
-                 candidate_buckets=DEFAULT_CANDIDATE_BUCKETS, **kwargs):
+                 candidate_buckets=DEFAULT_CANDIDATE_BUCKETS, excluded_classes=(), **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if int(candidate_buckets) < 1:
@@ -255,6 +358,10 @@ class MergedTopK(keras.layers.Layer):
         self.k = int(k)
         self.decoder = resolve_decoder(decoder, self.num_classes)
         self.candidate_buckets = int(candidate_buckets)
+        self.excluded_classes = np.unique(np.asarray(excluded_classes, np.int64)).tolist()
+        if self.excluded_classes and not (
+                0 <= self.excluded_classes[0] and self.excluded_classes[-1] < self.num_classes):
+            raise ValueError(f"excluded_classes must be class ids in [0, {self.num_classes})")
         self.build()
 
     @property
@@ -271,22 +378,54 @@ class MergedTopK(keras.layers.Layer):
             index = candidate_index(family, self.num_classes)
             arrays = {"bucket_offsets": index["offsets"], "bucket_classes": index["classes"],
                       "class_slots": index["class_slots"]}
+        if self.excluded_classes:
+            arrays["excluded"] = np.asarray(self.excluded_classes, np.int64)
         for name, array in arrays.items():
             setattr(self, name, self.add_weight(
                 name=name, shape=array.shape, dtype=str(array.dtype), trainable=False,
                 initializer=_array_initializer(array)))
         self.built = True
 
-    def call(self, bucket_scores, k=None):
+    def call(self, bucket_scores, k=None, exclude_ids=None, restrict_ids=None):
         k = self.k if k is None else int(k)
-        if self.decoder == "exact":
-            return exact_topk(bucket_scores, tf.convert_to_tensor(self.class_to_bucket), k)
-        return candidate_topk(bucket_scores, tf.convert_to_tensor(self.bucket_offsets),
-                              tf.convert_to_tensor(self.bucket_classes),
-                              tf.convert_to_tensor(self.class_slots),
-                              self.candidate_buckets, k)
+        excluded = tf.convert_to_tensor(self.excluded) if self.excluded_classes else None
+        allowed = allowed_fn(excluded, exclude_ids)
+        if restrict_ids is None:
+            return self._decode(bucket_scores, k, excluded, exclude_ids, allowed)
+        restricted = restricted_topk(bucket_scores, restrict_ids, self._slots, k, allowed)
+        rows = has_restriction(restrict_ids)
+        free = tf.cond(tf.reduce_all(rows), lambda: restricted,  # no row needs all K
+                       lambda: self._decode(bucket_scores, k, excluded, exclude_ids, allowed,
+                                            tf.logical_not(rows)))
+        return (tf.where(rows[:, None], restricted[0], free[0]),
+                tf.where(rows[:, None], restricted[1], free[1]))
 
-    def compute_output_spec(self, bucket_scores, k=None):
+    def _decode(self, bucket_scores, k, excluded, exclude_ids, allowed, needed=None):
+        if self.decoder == "exact":
+            table = tf.convert_to_tensor(self.class_to_bucket)
+            if allowed is None:
+                return exact_topk(bucket_scores, table, k)
+            return exact_filtered_topk(bucket_scores, table, k, excluded, exclude_ids)
+        tables = (tf.convert_to_tensor(self.bucket_offsets),
+                  tf.convert_to_tensor(self.bucket_classes),
+                  tf.convert_to_tensor(self.class_slots))
+        if allowed is None:
+            return candidate_topk(bucket_scores, *tables, self.candidate_buckets, k)
+        return growing_candidate_topk(bucket_scores, *tables, self.candidate_buckets, k,
+                                      allowed, needed)
+
+    def _slots(self, class_ids):
+        """``[batch, n, R]``: every class's slot ``r*B + h_r(c)`` (see
+        :func:`candidate_index`), from whichever table this decoder holds."""
+        if self.decoder != "exact":
+            return tf.gather(tf.convert_to_tensor(self.class_slots), class_ids)
+        family = self.family
+        base = tf.constant(np.arange(family.num_repetitions, dtype=np.int64) *
+                           family.num_buckets)
+        buckets = tf.gather(tf.convert_to_tensor(self.class_to_bucket), class_ids, axis=1)
+        return tf.transpose(tf.cast(buckets, tf.int64), [1, 2, 0]) + base
+
+    def compute_output_spec(self, bucket_scores, k=None, exclude_ids=None, restrict_ids=None):
         k = self.k if k is None else int(k)
         batch = bucket_scores.shape[0]
         return (keras.KerasTensor((batch, k), dtype="float32"),
@@ -295,7 +434,8 @@ class MergedTopK(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_classes=self.num_classes, hashing=self.hashing, k=self.k,
-                      decoder=self.decoder, candidate_buckets=self.candidate_buckets)
+                      decoder=self.decoder, candidate_buckets=self.candidate_buckets,
+                      excluded_classes=self.excluded_classes)
         return config
 
 

@@ -14,6 +14,7 @@ from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.data import check_data, evaluation_dataset
 from mach_tf.inference.decoder import DEFAULT_CANDIDATE_BUCKETS
+from mach_tf.inference.filters import read_class_ids
 from mach_tf.inference.ranking import RankingMetrics, propensities
 from mach_tf.inference.scorer import MergedScorer
 from mach_tf.text.statistics import load_featurizer
@@ -61,6 +62,30 @@ def inverse_propensities(run: str, num_classes: int) -> np.ndarray | None:
     return 1.0 / propensities(counts[:num_classes], n)
 
 
+def filtered_signature(loaded, path: str, name: str):
+    """The ``NAME_filtered`` twin of an export's signature.
+
+    Raises:
+        ValueError: for an export made before filtered signatures existed.
+    """
+    filtered = f"{name}_filtered"
+    if filtered not in loaded.signatures:
+        raise ValueError(f"{path} has no {filtered} signature (exported by an older "
+                         f"mach-tf): export the run again to filter its answers")
+    return loaded.signatures[filtered]
+
+
+def no_filters(batch, exclude=()) -> dict:
+    """A filtered signature's extra inputs for ``batch`` queries: ``exclude`` (ids) for
+    every row, no restriction, the export's k."""
+    exclude = np.asarray(exclude, np.int64).reshape(1, -1)
+    if exclude.size == 0:
+        exclude = np.full((1, 1), -1, np.int64)
+    return {"exclude_ids": tf.tile(tf.constant(exclude), [batch, 1]),
+            "restrict_ids": tf.fill([batch, 1], tf.constant(-1, tf.int64)),
+            "top_k": tf.constant(0, tf.int32)}
+
+
 def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 3, 5),
                         propensities: np.ndarray | None = None) -> dict:
     """Metrics of always predicting the most frequent training labels (the floor); PSP@k
@@ -76,7 +101,8 @@ def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 
 
 def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
              candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
-             batch_size: int | None = None, repetitions: int | None = None) -> dict:
+             batch_size: int | None = None, repetitions: int | None = None,
+             exclude_classes: str | Sequence[int] | None = None) -> dict:
     """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
 
     Args:
@@ -88,6 +114,9 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         batch_size: Evaluation batch size (default: sized to K).
         repetitions: For run directories: merge only the first this many repetitions
             (default all R), to see what more repetitions buy.
+        exclude_classes: Classes never predicted (retired from the catalogue): a file of
+            one class id per line, or the ids; the answers are the top k of the others, as
+            ``mach-tf export --exclude-classes`` serves them.
 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
@@ -102,7 +131,18 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
     model, test = expand_path(model), expand_path(test)
     with located_read_errors(test):
         return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
-                         repetitions)
+                         repetitions, exclude_classes)
+
+
+def _excluded(exclude_classes, num_classes: int) -> np.ndarray:
+    if exclude_classes is None:
+        return np.zeros(0, np.int64)
+    if isinstance(exclude_classes, (str, os.PathLike)):
+        return read_class_ids(exclude_classes, num_classes)
+    ids = np.unique(np.asarray(exclude_classes, np.int64))
+    if ids.size and (ids[0] < 0 or ids[-1] >= num_classes):
+        raise ValueError(f"exclude_classes must be class ids in [0, {num_classes})")
+    return ids
 
 
 def _first_repetitions(model: str, repetitions: int | None):
@@ -121,14 +161,16 @@ def _first_repetitions(model: str, repetitions: int | None):
                           hashing=config.hash_family.subset(reps).to_dict()), stacked
 
 
-def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions) -> dict:
+def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions,
+              exclude_classes) -> dict:
     ks = sorted(set(int(k) for k in ks))
     kmax = max(ks)
     t0 = time.time()
     if rundir.is_run_dir(model):
         config, stacked = _first_repetitions(model, repetitions)
         check_data(config, test, "test")
-        scorer = MergedScorer(config, stacked, decoder, candidate_buckets)
+        excluded = _excluded(exclude_classes, config.num_classes)
+        scorer = MergedScorer(config, stacked, decoder, candidate_buckets, excluded)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
         bs = batch_size or scorer.eval_batch_size()
         featurizer = load_featurizer(model, config) if config.text is not None else None
@@ -143,15 +185,23 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
                              "the run directory to evaluate fewer")
         path = resolve_export(model)
         info = export_info_path(path)
+        num_classes = Manifest.load(test).num_labels
         if tf.io.gfile.exists(info):  # the run config the export was made from
-            check_data(MachConfig.from_dict(rundir.read_json(info)["config"]), test, "test")
+            export_config = MachConfig.from_dict(rundir.read_json(info)["config"])
+            check_data(export_config, test, "test")
+            num_classes = export_config.num_classes
         text = Manifest.load(test).text  # raw text goes to predict_text as strings
         loaded = tf.saved_model.load(path)
-        fn = loaded.signatures["predict_text" if text else "serving_default"]
+        name = "predict_text" if text else "serving_default"
+        excluded = _excluded(exclude_classes, num_classes)
+        fn = filtered_signature(loaded, path, name) if excluded.size else \
+            loaded.signatures[name]
         metrics = RankingMetrics(ks)
         for inputs, labels in evaluation_dataset(test, batch_size or 256, raw_text=text):
-            out = fn(text=inputs) if text else fn(feature_ids=inputs["feature_ids"],
-                                                  feature_values=inputs["feature_values"])
+            query = {"text": inputs} if text else dict(inputs)
+            if excluded.size:
+                query.update(no_filters(labels.nrows(), excluded))
+            out = fn(**query)
             ids = out["label_ids"].numpy()
             if ids.shape[1] < kmax:
                 raise ValueError(f"{path} returns the top {ids.shape[1]} labels; P@{kmax} needs "

@@ -90,6 +90,55 @@ def candidate_topk_numpy(bucket_scores: np.ndarray, index: dict, m: int, k: int)
     return _stack(rows, k)
 
 
+def filtered_topk_numpy(bucket_scores: np.ndarray, family, num_classes: int, decoder: str,
+                        m: int, k: int, excluded=(), exclude_ids=None, restrict_ids=None):
+    """Reference of :class:`MergedTopK` with filters, one query at a time: a row with
+    ``restrict_ids`` is answered from those classes; otherwise the exact decoder ranks all
+    allowed classes, and the candidate decoder the allowed classes of each repetition's
+    top-m buckets, doubling m (up to B) until there are k of them.
+
+    Args:
+        bucket_scores: ``[batch, R, B]``.
+        family: The :class:`~mach_tf.hashing.HashFamily` merged.
+        num_classes: K.
+        decoder: ``"exact"`` or ``"candidates"``.
+        m: Buckets per repetition to start with (candidates).
+        k: How many to return.
+        excluded: Classes never returned.
+        exclude_ids, restrict_ids: ``[batch, n]`` per-row ids, padded with -1.
+    """
+    bucket_scores = np.asarray(bucket_scores, np.float32)
+    num_r, num_b = bucket_scores.shape[1:]
+    table = family.table(num_classes)
+    index = candidate_index(family, num_classes) if decoder == "candidates" else None
+    rows = []
+    for i, s in enumerate(bucket_scores):
+        banned = np.asarray(excluded, np.int64)
+        if exclude_ids is not None:
+            banned = np.union1d(banned, np.asarray(exclude_ids[i])[np.asarray(
+                exclude_ids[i]) >= 0])
+        restrict = [] if restrict_ids is None else \
+            [int(c) for c in restrict_ids[i] if c >= 0]
+        if restrict:
+            cand = np.setdiff1d(np.asarray(restrict, np.int64), banned)
+        elif index is None:
+            cand = np.setdiff1d(np.arange(num_classes, dtype=np.int64), banned)
+        else:
+            size = max(1, min(m, num_b))
+            while True:
+                found = [index["classes"][index["offsets"][r * num_b + j]:
+                                          index["offsets"][r * num_b + j + 1]]
+                         for r in range(num_r)
+                         for j in np.lexsort((np.arange(num_b), -s[r]))[:size]]
+                cand = np.setdiff1d(np.unique(np.concatenate(found)).astype(np.int64),
+                                    banned)
+                if cand.size >= k or size >= num_b:
+                    break
+                size = min(2 * size, num_b)
+        rows.append(_rank(_merged(s, table[:, cand]), cand, k))
+    return _stack(rows, k)
+
+
 def merged_topk_numpy(bucket_scores: np.ndarray, table: np.ndarray, k: int):
     """Reference merged top-k in numpy (tests): ``(scores, ids)`` sorted best first.
 

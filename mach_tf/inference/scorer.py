@@ -18,17 +18,19 @@ class MergedScorer:
         model: A :class:`~mach_tf.model.MachModel` holding repetitions ``0..R-1`` in order.
         decoder: ``"exact"``, ``"candidates"`` or ``"auto"``.
         candidate_buckets: m, buckets per repetition for candidate decoding.
+        excluded_classes: Class ids never returned (see :class:`MergedTopK`).
     """
 
     def __init__(self, config: MachConfig, model: MachModel, decoder: str = "auto",
-                 candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS):
+                 candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS, excluded_classes=()):
         if list(model.repetitions) != list(range(config.num_repetitions)):
             raise ValueError(f"model holds repetitions {model.repetitions}, expected "
                              f"0..{config.num_repetitions - 1}")
         self.config = config
         self.model = model
         self.topk_layer = MergedTopK(config.num_classes, config.hashing, decoder=decoder,
-                                     candidate_buckets=candidate_buckets)
+                                     candidate_buckets=candidate_buckets,
+                                     excluded_classes=excluded_classes)
         self.decoder = self.topk_layer.decoder
 
     def bucket_scores(self, inputs):

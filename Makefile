@@ -17,8 +17,9 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(TF_EXTRA),test]"
-	# tensorflow-serving-api declares the full `tensorflow` package; it only needs
-	# protobuf and grpcio, which are installed above.
+	# For the tests (hand-written warmup records against the real protos) and gRPC clients;
+	# mach-tf itself runs without it. It declares the full `tensorflow` package; it only
+	# needs protobuf and grpcio, which are installed above.
 	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.0"
 	touch $(STAMP)
 

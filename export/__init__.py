@@ -5,7 +5,8 @@ build request bodies for it. The top layer of the project: it imports ``mach_tf`
 Modules: :mod:`~export.stitch` (run -> versioned SavedModel, refusals),
 :mod:`~export.signatures` (the serving graph), :mod:`~export.verification` (the check
 before publishing), :mod:`~export.warmup` (TensorFlow Serving warmup records),
-:mod:`~export.client` (REST and gRPC request bodies).
+:mod:`~export.client` (REST and gRPC request bodies), :mod:`~export.serving_protos`
+(TensorFlow Serving's request protos in their wire format, without its Python package).
 
 Public API::
 

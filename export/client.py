@@ -10,7 +10,10 @@ what TensorFlow Serving's two APIs take:
   (serialized ``tf.train.Example`` strings, base64-encoded as ``{"b64": ...}``).
 * gRPC (``PredictionService/Predict``, port 8500): :func:`grpc_request` gives the
   ``tensorflow.serving.PredictRequest`` proto; :func:`response_outputs` turns the
-  ``PredictResponse`` back into numpy arrays.
+  ``PredictResponse`` back into numpy arrays. The proto classes come from
+  ``tensorflow-serving-api``, which only :func:`grpc_request` and :func:`predict_request`
+  need (:data:`SERVING_API_INSTALL` installs it); :func:`input_tensors` and
+  :mod:`export.serving_protos` build the same request as bytes without it.
 
 Every line becomes exactly one query, in order, so the i-th answer belongs to the i-th line;
 a malformed line raises :class:`~tfrecords_tools.parse.DataFormatError` naming it. Raw
@@ -27,11 +30,17 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from mach_tf.inference.predict import pad_batch
 from tfrecords_tools.convert import serialize_example
 from tfrecords_tools.parse import DataFormatError, parse_line
 from tfrecords_tools.text_format import query_text
+
+try:  # optional: only the gRPC request builders need TensorFlow Serving's proto classes
+    from tensorflow_serving.apis import predict_pb2
+except ImportError:
+    predict_pb2 = None
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
@@ -43,6 +52,11 @@ ALL_SIGNATURES = SIGNATURES + (PREDICT_TEXT,)
 LAYOUTS = ("columnar", "row")
 
 Row = tuple[list[int], list[float]]
+#: Installs the proto classes :func:`grpc_request` builds. ``--no-deps``: the package declares
+#: the full ``tensorflow`` package, which would install a second TensorFlow beside
+#: ``tensorflow-cpu`` or ``tensorflow[and-cuda]``; it needs only protobuf and grpcio, which
+#: mach-tf depends on.
+SERVING_API_INSTALL = "pip install --no-deps tensorflow-serving-api==2.21.0"
 _HEADER = re.compile(r"\s*\d+\s+\d+\s+\d+\s*")
 
 
@@ -215,7 +229,10 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
     Raises:
         ValueError: for an unknown signature.
         DataFormatError: for a malformed line.
+        ImportError: naming :data:`SERVING_API_INSTALL` when ``tensorflow-serving-api`` is
+            not installed.
     """
+    _require_serving_api()
     if signature not in ALL_SIGNATURES:
         raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
     text = _check_text(signature, text)
@@ -229,18 +246,10 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
     return predict_request(pad_batch(_rows(queries)), signature, model_name, version)
 
 
-def predict_request(inputs: dict, signature: str = SERVING_DEFAULT, model_name: str = "mach",
-                    version: int | None = None):
-    """A ``PredictRequest`` from named inputs: ``feature_ids`` / ``feature_values`` arrays,
+def input_tensors(inputs: dict) -> dict:
+    """The ``TensorProto`` of each named input: ``feature_ids`` / ``feature_values`` arrays,
     ``examples`` (a list of serialized tf.Examples) or ``text`` (a list of query strings)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
-
-    req = predict_pb2.PredictRequest()
-    req.model_spec.name = model_name
-    req.model_spec.signature_name = signature
-    if version is not None:
-        req.model_spec.version.value = int(version)
+    out = {}
     for name, value in inputs.items():
         if name == "examples":
             proto = tf.make_tensor_proto(list(value), dtype=tf.string, shape=[len(value)])
@@ -251,12 +260,40 @@ def predict_request(inputs: dict, signature: str = SERVING_DEFAULT, model_name: 
             proto = tf.make_tensor_proto(np.asarray(value, np.int64))
         else:
             proto = tf.make_tensor_proto(np.asarray(value, np.float32))
+        out[name] = proto
+    return out
+
+
+def _require_serving_api() -> None:
+    if predict_pb2 is None:
+        raise ImportError(
+            f"building a gRPC PredictRequest needs TensorFlow Serving's proto classes: "
+            f"{SERVING_API_INSTALL} (--no-deps because the package declares the full "
+            f"'tensorflow' package, which would install a second TensorFlow beside "
+            f"tensorflow-cpu or tensorflow[and-cuda]; it needs only protobuf and grpcio, "
+            f"which mach-tf installs). REST bodies (rest_body, rest_json) need nothing more.")
+
+
+def predict_request(inputs: dict, signature: str = SERVING_DEFAULT, model_name: str = "mach",
+                    version: int | None = None):
+    """A ``PredictRequest`` proto from named inputs (see :func:`input_tensors`).
+
+    Raises:
+        ImportError: naming :data:`SERVING_API_INSTALL` when ``tensorflow-serving-api`` is
+            not installed (:func:`export.serving_protos.encode_predict_request` gives the
+            request's bytes without it).
+    """
+    _require_serving_api()
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    if version is not None:
+        req.model_spec.version.value = int(version)
+    for name, proto in input_tensors(inputs).items():
         req.inputs[name].CopyFrom(proto)
     return req
 
 
 def response_outputs(response) -> dict:
     """The outputs of a ``PredictResponse`` as numpy arrays (``labels`` as bytes)."""
-    import tensorflow as tf
-
     return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}

@@ -4,7 +4,8 @@ The file is a TFRecord file of ``tensorflow.serving.PredictionLog`` protos, each
 ``PredictRequest`` that TensorFlow Serving replays when it loads a version, so the first
 real query does not pay for graph initialisation. Every signature is warmed, at the
 batch sizes 1, 2, 4, ... that traffic uses; a text model's ``predict_text`` with raw query
-strings.
+strings. The records are encoded by :mod:`export.serving_protos`, so an export does not need
+``tensorflow-serving-api``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, predict_request,
+from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, input_tensors,
                            rows_from_padded, serialized_examples, text_examples)
+from export.serving_protos import DecodedRequest, decode_prediction_log, encode_prediction_log
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -31,48 +33,42 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
     Returns:
         The number of records written.
     """
-    from tensorflow_serving.apis import prediction_log_pb2
+    def record(inputs: dict, signature: str) -> bytes:  # a serialized PredictionLog
+        return encode_prediction_log(input_tensors(inputs), signature, model_name)
 
     ids = np.asarray(sample["feature_ids"], np.int64)
     vals = np.asarray(sample["feature_values"], np.float32)
     n = len(ids)
-    requests = []
+    records = []
     for i in range(min(num_requests, n)):
         size = min(n, 1 << i)
-        requests.append(predict_request({"feature_ids": ids[:size],
-                                         "feature_values": vals[:size]},
-                                        SERVING_DEFAULT, model_name))
+        records.append(record({"feature_ids": ids[:size], "feature_values": vals[:size]},
+                              SERVING_DEFAULT))
         if size == n:
             break
     for i in range(min(num_requests // 2, n)):
         size = min(n, 1 << (2 * i))
         examples = text_examples(texts[:size]) if texts is not None else \
             serialized_examples(rows_from_padded(ids[:size], vals[:size]))
-        requests.append(predict_request({"examples": examples}, PREDICT_EXAMPLES, model_name))
+        records.append(record({"examples": examples}, PREDICT_EXAMPLES))
         if size == n:
             break
     if texts is not None:
         for i in range(min(num_requests, len(texts))):
             size = min(len(texts), 1 << i)
-            requests.append(predict_request({"text": list(texts[:size])}, PREDICT_TEXT,
-                                            model_name))
+            records.append(record({"text": list(texts[:size])}, PREDICT_TEXT))
             if size == len(texts):
                 break
     with tf.io.TFRecordWriter(path) as w:
-        for req in requests:
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=req))
-            w.write(log.SerializeToString())
-    return len(requests)
+        for raw in records:
+            w.write(raw)
+    return len(records)
 
 
-def read_warmup(path: str) -> list:
-    """The PredictionLog records of a warmup file (for checks and tests)."""
-    from tensorflow_serving.apis import prediction_log_pb2
+def read_warmup(path: str) -> list[DecodedRequest]:
+    """The requests of a warmup file's PredictionLog records (for checks and tests).
 
-    out = []
-    for raw in tf.data.TFRecordDataset(path):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(raw.numpy())
-        out.append(log)
-    return out
+    Raises:
+        ValueError: for a record that is not a PredictionLog holding a predict_log.
+    """
+    return [decode_prediction_log(raw.numpy()) for raw in tf.data.TFRecordDataset(path)]

@@ -29,6 +29,25 @@ def run_cli(*args, input_text=None, timeout=600, env=None):
                           env=e, cwd=ROOT)
 
 
+#: Prepended to a ``python -c`` program: ``tensorflow_serving`` cannot be imported, as on an
+#: install of ``mach-tf[cpu]`` alone (tensorflow-serving-api is not one of its dependencies).
+BLOCK_SERVING_API = """
+import sys
+class _NoServingApi:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow_serving":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoServingApi())
+"""
+
+
+def run_without_serving_api(code: str, *args, timeout=600):
+    """Runs ``python -c CODE ARGS`` (in the project root) where ``tensorflow_serving``
+    cannot be imported; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-c", BLOCK_SERVING_API + code, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
 def serve_both_ways(path, signatures):
     """Yields ``run(loader, signature, feeds)`` over the export at ``path`` loaded once by
     ``tf.saved_model.load`` and once by the v1 session loader TF Serving uses (feeding the
@@ -60,15 +79,14 @@ def replay_warmup(path, top_k: int = 5) -> dict:
     each answer's shape; returns ``{signature: [batch sizes in file order]}``."""
     loaded = tf.saved_model.load(path)
     seen = {}
-    for log in warmup_lib.read_warmup(os.path.join(path, "assets.extra",
+    for req in warmup_lib.read_warmup(os.path.join(path, "assets.extra",
                                                    warmup_lib.WARMUP_FILE)):
-        req = log.predict_log.request
         feeds = {k: tf.make_ndarray(v) for k, v in req.inputs.items()}
-        out = loaded.signatures[req.model_spec.signature_name](
+        out = loaded.signatures[req.signature_name](
             **{k: tf.constant(v) for k, v in feeds.items()})
         batch = len(next(iter(feeds.values())))
         assert out["label_ids"].shape == (batch, top_k)
-        seen.setdefault(req.model_spec.signature_name, []).append(batch)
+        seen.setdefault(req.signature_name, []).append(batch)
     return seen
 
 

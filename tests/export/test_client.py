@@ -11,7 +11,7 @@ from export import client
 from mach_tf import rundir
 from mach_tf.inference.predict import pad_batch
 from mach_tf.inference.reference import topk_agree
-from tests.helpers import decode_rest, python_topk, serve_both_ways
+from tests.helpers import decode_rest, python_topk, run_without_serving_api, serve_both_ways
 from tfrecords_tools.parse import DataFormatError
 
 LOADERS = ("saved_model.load", "session")
@@ -89,6 +89,34 @@ def test_response_outputs(served, lines):
         resp.SerializeToString()))
     for k in out:
         np.testing.assert_array_equal(back[k], out[k])
+
+
+def test_grpc_request_without_the_serving_api_names_its_install():
+    """``pip install "mach-tf[cpu]"`` alone: the package and REST bodies work, and building a
+    gRPC request says how to install tensorflow-serving-api (with --no-deps, and why)."""
+    code = """
+import json
+import export
+from export import client
+body = client.rest_body(["0:1 2:0.5"], "predict_examples")
+errors = []
+for call in (lambda: client.grpc_request(["0:1 2:0.5"]),
+             lambda: client.predict_request({"text": ["red shoes"]}, "predict_text")):
+    try:
+        call()
+    except ImportError as e:
+        errors.append(str(e))
+print(json.dumps({"rest": body["signature_name"], "errors": errors}))
+"""
+    res = run_without_serving_api(code)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rest"] == "predict_examples"
+    assert len(out["errors"]) == 2
+    for message in out["errors"]:
+        assert client.SERVING_API_INSTALL in message
+        assert "pip install --no-deps tensorflow-serving-api==2.21.0" in message
+        assert "full 'tensorflow' package" in message
 
 
 def test_parse_queries():

@@ -20,6 +20,10 @@ Layout (paths come from the functions here; no other module joins these names)::
     RUN/work/group-003_007/checkpoint/  step checkpoints of a group being trained
                                    (``checkpoint.json`` + ``ckpt-N.weights.h5``):
                                    training.checkpoint; removed when the group is saved
+    RUN/progress/group-003_007.json  the progress of a group in training (epochs done, the
+                                   cap, early stop, each epoch's loss, validation and
+                                   seconds), rewritten after every epoch:
+                                   training.progress; read by launch.progress
     RUN/logs/rep-007/              TensorBoard scalars of repetition 7: training.tensorboard
     RUN/logs/merged/               merged validation, final metrics and the HParams session:
                                    training.tensorboard; ``summary-writer.json`` names the
@@ -60,6 +64,7 @@ CLAIMS = "claims"
 WORK = "work"
 CHECKPOINT = "checkpoint"
 LOGS = "logs"
+PROGRESS = "progress"
 MERGED_LOGS = "merged"
 #: Created (exclusively) by the one scheduler-started worker that writes the run summary.
 SUMMARY_MARKER = "summary-writer.json"
@@ -135,6 +140,14 @@ def group_work_dir(run: str, group: Sequence[int]) -> str:
 
 def checkpoint_dir(run: str, group: Sequence[int]) -> str:
     return os.path.join(group_work_dir(run, group), CHECKPOINT)
+
+
+def progress_dir(run: str) -> str:
+    return os.path.join(run, PROGRESS)
+
+
+def progress_path(run: str, group: Sequence[int]) -> str:
+    return os.path.join(progress_dir(run), group_name(group) + ".json")
 
 
 def logs_dir(run: str) -> str:
@@ -264,6 +277,31 @@ def load_repetition(run: str, r: int) -> MachModel:
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                           f"delete {rep_dir(run, r)} and rerun 'mach-tf train' to train it "
                           f"again") from e
+
+
+def write_progress(run: str, group: Sequence[int], record: dict) -> None:
+    """Replaces the progress record of ``group`` (atomically)."""
+    atomic.write_json(progress_path(run, group), record)
+
+
+def read_progress(run: str) -> list[dict]:
+    """The progress records of the run's groups, in name order (files that cannot be read
+    are left out: a progress display must not fail a run)."""
+    folder = progress_dir(run)
+    if not tf.io.gfile.isdir(folder):
+        return []
+    out = []
+    for name in sorted(tf.io.gfile.listdir(folder)):
+        if atomic.is_temporary(name) or not name.endswith(".json") or \
+                parse_group_name(name[:-len(".json")]) is None:
+            continue
+        try:
+            record = read_json(os.path.join(folder, name))
+        except (ValueError, tf.errors.OpError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("group"), list):
+            out.append(record)
+    return out
 
 
 def groups_in_progress(run: str) -> list[list[int]]:

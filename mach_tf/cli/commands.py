@@ -99,6 +99,13 @@ def _train_config(a):
     return config_for_data(a.train, **overrides, **text)
 
 
+def _fit_verbosity(a) -> int:
+    """Keras' own epoch lines only with ``--verbose``: the project prints its own progress."""
+    if getattr(a, "verbose_fit", None) is not None:
+        return a.verbose_fit
+    return 2 if a.verbose else 0
+
+
 def cmd_train(a) -> dict:
     from mach_tf import rundir
     from mach_tf.launch.local import train
@@ -119,9 +126,16 @@ def cmd_train(a) -> dict:
     scheduled = a.worker_index is not None or a.num_workers is not None or any(
         os.environ.get(v) for v in ("TF_CONFIG", "CLUSTER_SPEC", "JOB_COMPLETION_INDEX",
                                     "SLURM_ARRAY_TASK_ID"))
+    verbose = _fit_verbosity(a)
     if scheduled:
+        if not a.report_json:  # no launcher prints this worker's epochs: it does
+            from mach_tf.launch.identity import worker_identity
+            from mach_tf.launch.progress import epoch_events
+
+            extra["events"] = epoch_events(_log, worker_identity(a.worker_index,
+                                                                 a.num_workers)[1])
         report = train_worker(a.model_dir, a.train, a.valid, config, a.worker_index,
-                              a.num_workers, verbose=a.verbose_fit, log=_log, **extra)
+                              a.num_workers, verbose=verbose, log=_log, **extra)
         if report.failed:
             if a.report_json:
                 print(json.dumps(report.to_dict()))
@@ -137,7 +151,7 @@ def cmd_train(a) -> dict:
                                            written["final"].items()}
     else:
         out = train(a.model_dir, a.train, a.valid, config, workers=a.workers,
-                    threads=a.threads, verbose=a.verbose_fit, log=_log, **extra)
+                    threads=a.threads, verbose=verbose, log=_log, **extra)
         _log(f"trained {out['trained']}, skipped {out['skipped']}, failed "
              f"{sorted(out['failed'])}: {out['complete']}/{out['repetitions']} complete")
         if out["failed"]:
@@ -228,7 +242,7 @@ def cmd_tune(a) -> dict:
         with open(a.config) as f:
             base = MachConfig.from_json(f.read())
     return tune(a.train, a.output, a.valid, base, a.tuner, a.max_trials, a.max_epochs, space,
-                a.seed, a.overwrite, log=_log)
+                a.seed, a.overwrite, log=_log, verbose=2 if a.verbose else 0)
 
 
 def cmd_demo(a) -> dict:

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true",
                         help="print one JSON object as the last stdout line")
     common.add_argument("--verbose", action="store_true",
-                        help="show full tracebacks on failure")
+                        help="show full tracebacks on failure (train, tune: also Keras' "
+                             "own epoch lines)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     p.subcommands = sub.choices  # name -> parser, for parse_args' messages
 
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker's claim on a repetition expires after this long without "
                         "a heartbeat (default 120)")
     t.add_argument("--report-json", action="store_true", help=argparse.SUPPRESS)
-    t.add_argument("--verbose-fit", type=int, default=2, help=argparse.SUPPRESS)
+    # Keras' fit verbosity (default: 2 with --verbose, else 0); local workers get it.
+    t.add_argument("--verbose-fit", type=int, help=argparse.SUPPRESS)
 
     e = _sub(sub, "export", "Stitch a run into one SavedModel for TensorFlow Serving.", [common])
     e.add_argument("--model-dir", required=True, type=expand_path)

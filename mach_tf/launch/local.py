@@ -3,7 +3,8 @@
 Each worker is a separate ``python -m mach_tf train --worker-index i`` process with its own
 device (one GPU per worker, round robin, when GPUs exist) and a share of the CPU threads;
 with one worker, training runs in this process. The launcher relays the workers' output,
-prints the run's progress from the completion markers, and ends with the run's report and
+prints every worker's epochs and the run's progress from the progress records and
+completion markers in the run directory, and ends with the run's report and
 TensorBoard summary.
 """
 
@@ -54,9 +55,14 @@ def hide_gpus_from_driver() -> None:
 _NOISE = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ")
 
 
-def _pump(stream, prefix: str, sink) -> None:
+def _pump(stream, prefix: str, sink, reports: list | None = None) -> None:
+    """Relays a worker's output lines to ``sink``; with ``reports``, its JSON lines (the
+    worker's report) go there instead."""
     for line in iter(stream.readline, ""):
         if line.startswith(_NOISE) or "oneDNN supports DT_INT64" in line:
+            continue
+        if reports is not None and line.startswith("{"):
+            reports.append(line)
             continue
         sink.write(f"{prefix}{line}")
         sink.flush()
@@ -81,8 +87,10 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
         config: The config; ``None`` reads the run's ``config.json``.
         workers: Local worker processes.
         threads: TensorFlow threads per worker (default: the cores divided among them).
-        verbose: Keras ``fit`` verbosity.
-        log: Where progress lines go.
+        verbose: Keras ``fit`` verbosity (workers' Keras lines are relayed to stderr).
+        log: Where progress lines go: each worker's epochs, and the run's progress with an
+            estimate of the time left (:mod:`mach_tf.launch.progress`), from the first
+            epoch.
         checkpoint_every: Also checkpoint every this many steps.
         claim_lease: Seconds without a heartbeat after which a claim is taken over.
         callbacks: More Keras callbacks for every group's ``fit`` (``workers=1`` only: they
@@ -108,12 +116,13 @@ def train(run: str, train: str, valid: str | None = None, config: MachConfig | N
     config = prepare_run(run, config, train, valid)
     if workers <= 1:
         configure_threads(threads)
-        with RepetitionProgress(run, config.num_repetitions, log):
+        with RepetitionProgress(run, config.num_repetitions, log, epochs=config.epochs):
             rep = train_worker(run, train, valid, config, 0, 1, verbose=verbose, log=log,
                                checkpoint_every=checkpoint_every, claim_lease=claim_lease,
                                callbacks=callbacks)
         return finish_run(run, config, [rep.to_dict()], time.time() - t0, log)
-    with RepetitionProgress(run, config.num_repetitions, log):
+    with RepetitionProgress(run, config.num_repetitions, log, epochs=config.epochs,
+                            num_workers=workers):
         reports = _run_local_workers(run, train, valid, config, workers, threads, verbose,
                                      checkpoint_every, claim_lease)
     return finish_run(run, config, reports, time.time() - t0, log)
@@ -140,16 +149,20 @@ def _run_local_workers(run, train, valid, config, workers, threads, verbose,
             cmd += ["--claim-lease", str(claim_lease)]
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-        t = threading.Thread(target=_pump, args=(p.stderr, f"[w{i}] ", sys.stderr),
-                             daemon=True)
-        t.start()
-        procs.append((p, t))
+        # stdout: the worker's report (JSON), and Keras' own lines with verbose fits.
+        out: list = []
+        pumps = [threading.Thread(target=_pump, args=(stream, f"[w{i}] ", sys.stderr, keep),
+                                  daemon=True)
+                 for stream, keep in ((p.stderr, None), (p.stdout, out))]
+        for t in pumps:
+            t.start()
+        procs.append((p, pumps, out))
     reports = []
-    for i, (p, t) in enumerate(procs):
-        out = p.stdout.read()
+    for i, (p, pumps, out) in enumerate(procs):
         p.wait()
-        t.join()
-        last = [ln for ln in out.splitlines() if ln.startswith("{")]
+        for t in pumps:
+            t.join()
+        last = [ln for ln in out if ln.startswith("{")]
         if p.returncode == 0 and last:
             reports.append(json.loads(last[-1]))
         else:

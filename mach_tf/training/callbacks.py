@@ -1,5 +1,6 @@
 """Keras callbacks of a worker's group: the merged validation metric and what it drives,
-the guard against a diverging loss, and progress events.
+and the guard against a diverging loss (the progress record and lines are
+:mod:`mach_tf.training.progress`'s).
 
 :class:`MergedValidation` scores the validation sample after every epoch with merged
 top-k, exactly as evaluation and serving merge, and adds two families of metrics to the
@@ -21,7 +22,7 @@ plateau, TensorBoard, keras-tuner's trial callbacks) read the metrics from there
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -43,6 +44,9 @@ KS = (1, 3, 5)
 #: exact merge took 6 s of every epoch on 2,000 points, and candidate decoding
 #: (m = 10 buckets) gave the same test P@1/P@3/P@5 to the fourth digit (docs/defaults.md).
 VALIDATION_EXACT_MAX_CLASSES = 20_000
+#: The merged validation traces its scoring function when a fit calls it at least this many
+#: times (epochs x scoring batches), and runs it eagerly below (``MergedValidation._score_fn``).
+TRACE_MIN_CALLS = 4
 
 
 def validation_decoder(num_classes: int) -> str:
@@ -130,25 +134,42 @@ class MergedValidation(keras.callbacks.Callback):
         self.history: list[dict] = []
         self._fn = None
 
-    def _score_fn(self):
-        config, model = self.config, self.model
-        run_decoder, group_decoder = self.run_decoder, self.group_decoder
+    def set_model(self, model):
+        if model is not getattr(self, "_model", None):
+            self._fn = None  # a trace holds the model it was made with
+        super().set_model(model)
 
-        @tf.function(reduce_retracing=True)
-        def fn(inputs, done):  # traced once with and once without ``done``
-            s = bucket_scores(model(inputs, training=False), config.loss, config.merge)
-            group_ids = group_decoder(s)[1]
-            if done is None:
-                return group_ids, group_ids
-            return run_decoder(tf.concat([done, s], axis=1))[1], group_ids
+    def _score(self, inputs, done=None):
+        """``(run-level top ids, group-level top ids)`` of a batch; ``done``: the complete
+        repetitions' bucket scores of the same points."""
+        config = self.config
+        s = bucket_scores(self.model(inputs, training=False), config.loss, config.merge)
+        group_ids = self.group_decoder(s)[1]
+        if done is None:
+            return group_ids, group_ids
+        return self.run_decoder(tf.concat([done, s], axis=1))[1], group_ids
 
-        return fn
+    def _score_fn(self, inputs: dict, calls: int):
+        """The scoring function for ``calls`` calls like ``inputs``: traced once, for every
+        batch size and padded width (an input signature of unknown dimensions), or eager.
 
-    def compute(self) -> dict:
-        """``{"run": metrics, "group": metrics}`` of the model as it is now."""
-        if self._fn is None:
-            self._fn = self._score_fn()
-        run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
+        Each group's model and hash tables are its own, so the trace cannot be shared
+        between groups; a fit that scores only a few batches (a small validation sample,
+        few epochs) runs eagerly, where a trace per group costs more than it saves and
+        TensorFlow would warn about a function that retraces (it counts every group's
+        trace against the same code).
+        """
+        if calls < TRACE_MIN_CALLS:
+            return self._score
+        spec = {k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
+                for k, v in inputs.items()}
+        if self.done_scores is None:
+            return tf.function(lambda x: self._score(x), input_signature=[spec])
+        done = tf.TensorSpec([None, *self.done_scores.shape[1:]], tf.float32)
+        return tf.function(self._score, input_signature=[spec, done])
+
+    def _parts(self):
+        """``(inputs, labels, done)`` of every scoring batch, in sample order."""
         step = eval_batch_size(self.config.num_classes)
         start = 0
         for inputs, labels in self.sample.batches:
@@ -156,11 +177,22 @@ class MergedValidation(keras.callbacks.Callback):
                 part = {k: v[i:i + step] for k, v in inputs.items()}
                 n = len(part["feature_ids"])
                 done = None if self.done_scores is None else \
-                    tf.constant(self.done_scores[start:start + n])
-                run_ids, group_ids = self._fn(part, done)
-                run_metrics.update(run_ids.numpy(), labels[i:i + n])
-                group_metrics.update(group_ids.numpy(), labels[i:i + n])
+                    tf.constant(self.done_scores[start:start + n], tf.float32)
+                yield part, labels[i:i + n], done
                 start += n
+
+    def compute(self) -> dict:
+        """``{"run": metrics, "group": metrics}`` of the model as it is now."""
+        run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
+        for part, labels, done in self._parts():
+            if self._fn is None:
+                step = eval_batch_size(self.config.num_classes)
+                calls = sum(-(-len(y) // step) for _, y in self.sample.batches)
+                epochs = int((self.params or {}).get("epochs") or 1)
+                self._fn = self._score_fn(part, epochs * calls)
+            run_ids, group_ids = self._fn(part) if done is None else self._fn(part, done)
+            run_metrics.update(run_ids.numpy(), labels)
+            group_metrics.update(group_ids.numpy(), labels)
         return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
                 for name, m in (("run", run_metrics), ("group", group_metrics))}
 
@@ -322,30 +354,3 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
                 f"{batch + 1}: training diverged (lower the learning rate, now "
                 f"{self.learning_rate:g}, or look for extreme feature values)")
-
-
-class EpochProgress(keras.callbacks.Callback):
-    """Sends an ``epoch`` progress event (loss, bucket accuracy) after every epoch, for a
-    launcher's display.
-
-    Args:
-        emit: Receives the events (dicts).
-        worker: This worker's index.
-        group: The group's repetitions.
-        epochs: The epoch cap.
-    """
-
-    def __init__(self, emit: Callable[[dict], None], worker: int, group: Sequence[int],
-                 epochs: int):
-        super().__init__()
-        self.emit = emit
-        self.worker = worker
-        self.group = list(group)
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.emit({"event": "epoch", "worker": self.worker, "reps": self.group,
-                   "epoch": epoch + 1, "epochs": self.epochs,
-                   "loss": float(logs.get("loss", float("nan"))),
-                   "bucket_acc": float(logs.get("bucket_acc", float("nan")))})

@@ -29,11 +29,12 @@ from mach_tf.config import MachConfig
 from mach_tf.errors import UnreadableCheckpointError
 from mach_tf.model.network import build_model, compile_model, split
 from mach_tf.text.statistics import load_featurizer
-from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, EpochProgress, StopOnNonFiniteLoss,
+from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss,
                                         completed_scores, monitor_name, training_callbacks)
 from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
 from mach_tf.training.feature_weights import run_feature_weights
 from mach_tf.training.pipeline import epochs_dataset
+from mach_tf.training.progress import GroupProgress
 from mach_tf.training.tensorboard import reporting_callbacks
 from mach_tf.training.validation import (DataSplit, ValidationSample, data_split, load_sample,
                                          record_split, sample_budget, steps_per_epoch)
@@ -167,7 +168,8 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
             every 5 minutes).
         claims: The :class:`mach_tf.launch.claims.ClaimSet` held on the group; checked before
             every checkpoint and before the repetitions are written.
-        events: Receives progress events (dicts).
+        events: Receives progress events (dicts); every epoch also rewrites the group's
+            progress record in the run directory (:mod:`mach_tf.training.progress`).
         callbacks: More Keras callbacks for the group's ``fit``, run after the reporting
             ones (e.g. a step timer; see ``benchmarks/train_speed.py``).
         worker_cache: Kept by the worker across its groups: the validation sample and
@@ -196,8 +198,10 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     reporting = [keras.callbacks.TensorBoard(rundir.group_logdir(run, group),
                                              write_graph=False, profile_batch=0),
                  *reporting_callbacks(run, config, group, setup.sample)]
-    if events is not None:
-        reporting.append(EpochProgress(emit, worker, group, config.epochs))
+    # The group's progress record, for the launcher's progress lines and estimate.
+    reporting.append(GroupProgress(worker, group, config.epochs,
+                                   write=lambda rec: rundir.write_progress(run, group, rec),
+                                   emit=events))
     reporting.extend(callbacks)
     state = GroupCheckpoint(ckpt_dir).state()
     if state is not None:

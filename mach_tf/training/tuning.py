@@ -30,6 +30,7 @@ from mach_tf.model.network import build_model, compile_model
 from mach_tf.training.callbacks import PREFIX
 from mach_tf.training.group import best_epoch_summary, setup_group
 from mach_tf.training.pipeline import epochs_dataset
+from mach_tf.training.progress import EpochLines, duration
 from mach_tf.training.validation import data_split, steps_per_epoch
 from tfrecords_tools import atomic
 from tfrecords_tools.paths import expand_path
@@ -64,11 +65,15 @@ class MachHyperModel(kt.HyperModel):
         cache_dir: Where the feature weights are cached across trials.
         space: ``{lever: [values]}``, a subset of :data:`DEFAULT_SPACE`'s keys; levers left
             out keep the base config's value.
+        log: Where each epoch's line goes (``None``: nowhere), prefixed with
+            ``trial_label``.
     """
 
     def __init__(self, base: MachConfig, train: str, valid: str | None, cache_dir: str,
-                 space: dict | None = None):
+                 space: dict | None = None, log=None):
         super().__init__(name="mach", tunable=True)
+        self.log = log
+        self.trial_label = "tune trial"
         self.base = base
         self.train = train
         self.valid = valid
@@ -161,9 +166,10 @@ class MachHyperModel(kt.HyperModel):
                                  initial_epoch, 0, setup.steps,
                                  record_filter=setup.split.train_filter())
         # Ours first: the tuner's callbacks read the merged metrics from the epoch logs.
+        lines = [EpochLines(self.log, self.trial_label)] if self.log is not None else []
         history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=setup.steps,
-                            callbacks=[*setup.callbacks, *callbacks], verbose=verbose,
+                            callbacks=[*setup.callbacks, *callbacks, *lines], verbose=verbose,
                             shuffle=False).history
         best = best_epoch_summary(history, config, initial_epoch)
         out = {PREFIX + k: float(v) for k, v in best["merged_validation"].items()
@@ -186,10 +192,50 @@ def _defaults_first(oracle_cls, hypermodel: MachHyperModel):
     return DefaultsFirst
 
 
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def trial_line(label: str, trial, best: float | None, seconds: float) -> str:
+    """``tune trial 2/10: hidden_width=256 learning_rate=0.003 -> merged_p@1 0.4125
+    (best 0.4302), 41 s`` for a finished keras-tuner ``trial``."""
+    values = " ".join(f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items()
+                      if not k.startswith("tuner/"))
+    if trial.score is None:
+        result = f"{str(trial.status).lower()}, no score"
+    else:
+        result = f"{OBJECTIVE} {trial.score:.4f}" + (
+            f" (best {best:.4f})" if best is not None else "")
+    return f"{label}: {values or 'base config'} -> {result}, {duration(seconds)}"
+
+
+def _logging_trials(tuner_cls, hypermodel: MachHyperModel, log, max_trials: int | None):
+    """``tuner_cls`` that logs a line when each trial ends (:func:`trial_line`) and names
+    the trial for the hypermodel's epoch lines."""
+    started = {}
+
+    class LoggingTrials(tuner_cls):
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            number = len(self.oracle.trials)
+            hypermodel.trial_label = f"tune trial {number}" + (
+                f"/{max_trials}" if max_trials else "")
+            started[trial.trial_id] = time.monotonic()
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            scored = [t.score for t in self.oracle.trials.values() if t.score is not None]
+            log(trial_line(hypermodel.trial_label, trial, max(scored) if scored else None,
+                           time.monotonic() - started.pop(trial.trial_id, time.monotonic())))
+
+    LoggingTrials.__name__ = tuner_cls.__name__
+    return LoggingTrials
+
+
 def tune(train: str, output: str, valid: str | None = None, base: MachConfig | None = None,
          tuner: str = "bayesian", max_trials: int = 10, max_epochs: int | None = None,
          space: dict | None = None, seed: int = 0, overwrite: bool = False,
-         log=lambda msg: None) -> dict:
+         log=lambda msg: None, verbose: int = 0) -> dict:
     """Runs a keras-tuner search and writes the best config.
 
     Args:
@@ -206,7 +252,9 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
         space: Levers and their values (default :data:`DEFAULT_SPACE`).
         seed: Seed of the search.
         overwrite: Start a new search instead of resuming one in ``output``.
-        log: Progress lines.
+        log: Progress lines: each trial's epochs, and a line when it ends (its
+            hyper-parameters, objective and time).
+        verbose: keras-tuner's and Keras' own output (0: none).
 
     Returns:
         A report: ``best_score`` (merged validation P@1), ``best_hyperparameters``,
@@ -224,7 +272,8 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
     if max_epochs:
         base = base.replace(epochs=int(max_epochs))
     os.makedirs(output, exist_ok=True)
-    hypermodel = MachHyperModel(base, train, valid, os.path.join(output, "cache"), space)
+    hypermodel = MachHyperModel(base, train, valid, os.path.join(output, "cache"), space,
+                                log=log)
     objective = kt.Objective(OBJECTIVE, direction="max")
     common = dict(directory=output, project_name="tuner", overwrite=overwrite)
     if tuner == "bayesian":
@@ -234,19 +283,22 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
         oracle = _defaults_first(kt.oracles.BayesianOptimizationOracle, hypermodel)(
             objective=objective, max_trials=max_trials, num_initial_points=initial,
             seed=seed)
-        search = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
+        search = _logging_trials(kt.Tuner, hypermodel, log, max_trials)(
+            oracle=oracle, hypermodel=hypermodel, **common)
     elif tuner == "random":
         oracle = _defaults_first(kt.oracles.RandomSearchOracle, hypermodel)(
             objective=objective, max_trials=max_trials, seed=seed)
-        search = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
+        search = _logging_trials(kt.Tuner, hypermodel, log, max_trials)(
+            oracle=oracle, hypermodel=hypermodel, **common)
     else:
-        search = kt.Hyperband(hypermodel, max_epochs=base.epochs, factor=3,
-                              objective=objective, seed=seed, **common)
+        search = _logging_trials(kt.Hyperband, hypermodel, log, None)(
+            hypermodel, max_epochs=base.epochs, factor=3, objective=objective, seed=seed,
+            **common)
     log(f"tune: {tuner} search over {sorted(hypermodel.space)} (objective {OBJECTIVE}), "
         f"state in {os.path.join(output, 'tuner')}")
     tensorboard = keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False,
                                               profile_batch=0)
-    search.search(callbacks=[tensorboard], verbose=0)
+    search.search(callbacks=[tensorboard], verbose=verbose)
 
     trials = []
     for trial in search.oracle.get_best_trials(num_trials=len(search.oracle.trials)):

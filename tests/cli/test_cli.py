@@ -103,9 +103,14 @@ def test_pipeline_end_to_end(tmp_path):
     summary = last_json(res.stdout)
     assert summary["trained"] == [0, 1, 2, 3] and summary["complete"] == 4
     assert "tensorboard --logdir" in res.stderr
-    # progress across repetitions, from the completion markers the workers write
-    assert "train [--------------------] 0/4 repetitions complete (0%)" in res.stderr
-    assert "train [####################] 4/4 repetitions complete (100%)" in res.stderr
+    # the run's progress, from the records and completion markers the workers write: every
+    # epoch of each worker's group, from the first, and the run's line
+    assert "train [--------------------] 0%, 0/4 repetitions complete" in res.stderr
+    for worker, group in ((0, "[0, 2]"), (1, "[1, 3]")):
+        for epoch in range(1, 5):
+            assert f"train worker {worker}/2 reps {group} epoch {epoch}/4: loss " in res.stderr
+    assert "train [####################] 100%, 4/4 repetitions complete" in res.stderr
+    assert res.stdout.strip().count("\n") == 0  # the report alone: no Keras lines
     assert 0.0 < summary["final_validation"]["p@1"] <= 1.0
     # each worker process wrote its own event files: rep 0 (worker 0), rep 1 (worker 1)
     pids = {r: {f.split(".")[-3] for f in os.listdir(run / "logs" / f"rep-{r:03d}")
@@ -142,3 +147,29 @@ def test_pipeline_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr
     answers = [json.loads(x) for x in res.stdout.strip().splitlines()]
     assert len(answers) == 3 and all(len(a["label_ids"]) == 3 for a in answers)
+
+
+def test_train_prints_its_own_progress_and_no_tensorflow_warnings(tmp_path, tiny_data):
+    """One worker, six groups of one repetition, two epochs each: the CLI's output is the
+    project's lines (stdout the JSON report alone, no Keras progress lines) and no
+    TensorFlow retracing warning, even for groups this short."""
+    res = run_cli("train", "--train", tiny_data["train"], "--model-dir", tmp_path / "run",
+                  "--buckets", 8, "--repetitions", 6, "--group-size", 1, "--hidden", 16,
+                  "--epochs", 2, "--batch-size", 64, "--json")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().count("\n") == 0 and last_json(res.stdout)["complete"] == 6
+    assert "retracing" not in res.stderr and "WARNING:tensorflow" not in res.stderr, res.stderr
+    for r in range(6):
+        for epoch in (1, 2):
+            assert f"train worker 0/1 reps [{r}] epoch {epoch}/2: loss " in res.stderr
+
+
+def test_keras_lines_only_with_verbose():
+    from mach_tf.cli.commands import _fit_verbosity
+    from mach_tf.cli.parser import build_parser
+
+    base = ["train", "--train", "t", "--model-dir", "m"]
+    parse = build_parser().parse_args
+    assert _fit_verbosity(parse(base)) == 0
+    assert _fit_verbosity(parse(base + ["--verbose"])) == 2
+    assert _fit_verbosity(parse(base + ["--verbose-fit", "1"])) == 1

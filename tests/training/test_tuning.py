@@ -15,14 +15,20 @@ SPACE = {"hidden_width": [8, 32], "learning_rate": [0.003, 0.03]}
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory, tiny_data, tiny_config):
+def tune_lines():
+    """What the search below logged."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, tiny_data, tiny_config, tune_lines):
     from mach_tf.training.tuning import tune
 
     out = str(tmp_path_factory.mktemp("tune") / "search")
     base = tiny_config.replace(num_repetitions=2, epochs=3, early_stopping_patience=2,
                                validation_fraction=0.2)
     summary = tune(tiny_data["train"], out, base=base, tuner="bayesian", max_trials=3,
-                   space=SPACE, seed=1)
+                   space=SPACE, seed=1, log=tune_lines.append)
     return out, base, summary
 
 
@@ -42,6 +48,23 @@ def test_search_writes_best_config_and_trials(tuned):
     assert best.group_size == best.num_repetitions == 2
     # The trials differ in what was searched.
     assert len({json.dumps(t["hyperparameters"], sort_keys=True) for t in trials}) > 1
+
+
+def test_a_line_for_every_epoch_and_every_trial(tuned, tune_lines):
+    out, base, summary = tuned
+    lines = tune_lines
+    trials = [ln for ln in lines if ln.startswith("tune trial") and " -> " in ln]
+    assert [ln.split(":")[0] for ln in trials] == [f"tune trial {i}/3" for i in (1, 2, 3)]
+    # the first trial is the base config; each line names its values, score and time
+    assert trials[0].startswith(f"tune trial 1/3: hidden_width={base.hidden_units[0]} "
+                                f"learning_rate={base.learning_rate:g} -> merged_p@1 0.")
+    assert all(" (best 0." in ln and ln.endswith(" s") for ln in trials)
+    assert f"(best {summary['best_score']:.4f})" in trials[-1]
+    epochs = [ln for ln in lines if ln.startswith("tune trial 1/3 epoch ")]
+    assert epochs and epochs[0].startswith("tune trial 1/3 epoch 1/3: loss ")
+    assert "val P@1" in epochs[0]
+    # epochs come before their trial's line
+    assert lines.index(epochs[-1]) < lines.index(trials[0])
 
 
 def test_first_trial_is_the_base_config(tuned):

@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from export.signatures import FILTERED
 from mach_tf.inference.predict import pad_batch
 from tfrecords_tools.convert import serialize_example
 from tfrecords_tools.parse import DataFormatError, parse_line
@@ -151,8 +152,62 @@ def _b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
+def filter_inputs(batch: int, exclude=None, restrict=None, top_k: int | None = None) -> dict:
+    """A filtered signature's extra inputs for ``batch`` queries.
+
+    Args:
+        batch: The number of queries.
+        exclude: Class ids never returned: one list for every query, or one list per
+            query; ``None`` or empty for none.
+        restrict: Class ids the answer must come from, as ``exclude``; an empty list means
+            no restriction.
+        top_k: Classes per answer, at most the export's k; ``None`` or 0: the export's k.
+
+    Returns:
+        ``{"exclude_ids": int64 [batch, m], "restrict_ids": int64 [batch, n],
+        "top_k": int32}``, padded with -1.
+    """
+    def rows(ids, name):
+        if ids is None or len(ids) == 0:
+            return [[] for _ in range(batch)]
+        if all(isinstance(x, (list, tuple, np.ndarray)) for x in ids):
+            if len(ids) != batch:
+                raise ValueError(f"{name}: {len(ids)} rows for {batch} queries")
+            return [list(r) for r in ids]
+        return [list(ids) for _ in range(batch)]
+
+    def padded(lists):
+        out = np.full((batch, max([len(r) for r in lists] + [1])), -1, np.int64)
+        for i, r in enumerate(lists):
+            out[i, :len(r)] = r
+        return out
+
+    return {"exclude_ids": padded(rows(exclude, "exclude")),
+            "restrict_ids": padded(rows(restrict, "restrict")),
+            "top_k": np.int32(top_k or 0)}
+
+
+def _inputs(queries, signature: str, text: bool) -> dict:
+    """The named input batches of ``signature`` for ``queries`` (numpy arrays or lists)."""
+    if signature == PREDICT_TEXT:
+        return {"text": text_queries(queries)}
+    if signature == PREDICT_EXAMPLES:
+        return {"examples": text_examples(text_queries(queries)) if text
+                else serialized_examples(_rows(queries))}
+    return pad_batch(_rows(queries))
+
+
+def _filtered(signature: str, inputs: dict, exclude, restrict, top_k) -> tuple[str, dict]:
+    """``(signature, inputs)``, switched to the filtered twin when a filter is given."""
+    if exclude is None and restrict is None and top_k is None:
+        return signature, inputs
+    batch = len(next(iter(inputs.values())))
+    return signature + FILTERED, {**inputs, **filter_inputs(batch, exclude, restrict, top_k)}
+
+
 def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
-              text: bool = False) -> dict:
+              text: bool = False, exclude=None, restrict=None,
+              top_k: int | None = None) -> dict:
     """The JSON object for TensorFlow Serving's REST predict API.
 
     Args:
@@ -164,12 +219,16 @@ def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar
             the answer is ``{"predictions": [{name: value}]}``).
         text: The queries are raw text for a text model (``predict_examples`` then sends
             tf.Examples holding ``text``).
+        exclude, restrict, top_k: Per-request filters (see :func:`filter_inputs`): with
+            any of them the request goes to the signature's ``_filtered`` twin, in the
+            columnar layout (its scalar ``top_k`` has no batch dimension to split into
+            instances).
 
     Returns:
         A dict; send ``json.dumps`` of it (see :func:`rest_json`).
 
     Raises:
-        ValueError: for an unknown signature or layout.
+        ValueError: for an unknown signature or layout, or filters in the row layout.
         DataFormatError: for a malformed line.
     """
     if signature not in ALL_SIGNATURES:
@@ -177,27 +236,24 @@ def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     text = _check_text(signature, text)
-    if signature == PREDICT_TEXT:
-        texts = text_queries(queries)
-        if layout == "row":
-            return {"signature_name": signature, "instances": [{"text": t} for t in texts]}
-        return {"signature_name": signature, "inputs": {"text": texts}}
-    if signature == PREDICT_EXAMPLES:
-        examples = [_b64(x) for x in (text_examples(text_queries(queries)) if text
-                                      else serialized_examples(_rows(queries)))]
-        if layout == "row":
-            return {"signature_name": signature,
-                    "instances": [{"examples": x} for x in examples]}
-        return {"signature_name": signature, "inputs": {"examples": examples}}
-    # Row-layout instances are stacked into one tensor, so every row has the batch's width.
-    t = pad_batch(_rows(queries))
-    ids, vals = t["feature_ids"].tolist(), t["feature_values"].tolist()
+    name, inputs = _filtered(signature, _inputs(queries, signature, text), exclude, restrict,
+                             top_k)
+    if name != signature and layout == "row":
+        raise ValueError("filtered requests take the columnar layout: their top_k is one "
+                         "scalar for the whole request")
+
+    def jsonable(key, value):
+        if key == "examples":
+            return [_b64(x) for x in value]
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    columns = {k: jsonable(k, v) for k, v in inputs.items()}
     if layout == "row":
-        return {"signature_name": signature,
-                "instances": [{"feature_ids": i, "feature_values": v}
-                              for i, v in zip(ids, vals)]}
-    return {"signature_name": signature,
-            "inputs": {"feature_ids": ids, "feature_values": vals}}
+        # Row-layout instances are stacked into one tensor: every row has the batch's width.
+        keys = list(columns)
+        return {"signature_name": name,
+                "instances": [dict(zip(keys, values)) for values in zip(*columns.values())]}
+    return {"signature_name": name, "inputs": columns}
 
 
 def _check_text(signature: str, text: bool) -> bool:
@@ -208,14 +264,16 @@ def _check_text(signature: str, text: bool) -> bool:
 
 
 def rest_json(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
-              text: bool = False) -> str:
+              text: bool = False, exclude=None, restrict=None,
+              top_k: int | None = None) -> str:
     """:func:`rest_body` as a JSON string, ready to POST (UTF-8 text kept as is)."""
-    return json.dumps(rest_body(queries, signature, layout, text), separators=(",", ":"),
-                      ensure_ascii=False)
+    return json.dumps(rest_body(queries, signature, layout, text, exclude, restrict, top_k),
+                      separators=(",", ":"), ensure_ascii=False)
 
 
 def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "mach",
-                 version: int | None = None, text: bool = False):
+                 version: int | None = None, text: bool = False, exclude=None,
+                 restrict=None, top_k: int | None = None):
     """A ``tensorflow.serving.PredictRequest`` for TensorFlow Serving's gRPC API.
 
     Args:
@@ -225,6 +283,8 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
         model_name: The served model's name (``MODEL_NAME`` of the container).
         version: A specific version; ``None`` lets the server pick its latest.
         text: The queries are raw text (see :func:`rest_body`).
+        exclude, restrict, top_k: Per-request filters (see :func:`filter_inputs`); with any
+            of them the request goes to the signature's ``_filtered`` twin.
 
     Raises:
         ValueError: for an unknown signature.
@@ -236,19 +296,16 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
     if signature not in ALL_SIGNATURES:
         raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
     text = _check_text(signature, text)
-    if signature == PREDICT_TEXT:
-        return predict_request({"text": text_queries(queries)}, signature, model_name,
-                               version)
-    if signature == PREDICT_EXAMPLES:
-        examples = text_examples(text_queries(queries)) if text else \
-            serialized_examples(_rows(queries))
-        return predict_request({"examples": examples}, signature, model_name, version)
-    return predict_request(pad_batch(_rows(queries)), signature, model_name, version)
+    name, inputs = _filtered(signature, _inputs(queries, signature, text), exclude, restrict,
+                             top_k)
+    return predict_request(inputs, name, model_name, version)
 
 
 def input_tensors(inputs: dict) -> dict:
     """The ``TensorProto`` of each named input: ``feature_ids`` / ``feature_values`` arrays,
-    ``examples`` (a list of serialized tf.Examples) or ``text`` (a list of query strings)."""
+    ``examples`` (a list of serialized tf.Examples) or ``text`` (a list of query strings);
+    for the filtered signatures also ``exclude_ids`` / ``restrict_ids`` (int64) and
+    ``top_k`` (an int32 scalar)."""
     out = {}
     for name, value in inputs.items():
         if name == "examples":
@@ -256,8 +313,10 @@ def input_tensors(inputs: dict) -> dict:
         elif name == "text":
             value = [v.encode("utf-8") if isinstance(v, str) else v for v in value]
             proto = tf.make_tensor_proto(value, dtype=tf.string, shape=[len(value)])
-        elif name == "feature_ids":
+        elif name.endswith("_ids"):  # feature_ids, and exclude_ids / restrict_ids
             proto = tf.make_tensor_proto(np.asarray(value, np.int64))
+        elif name == "top_k":
+            proto = tf.make_tensor_proto(np.int32(value))
         else:
             proto = tf.make_tensor_proto(np.asarray(value, np.float32))
         out[name] = proto

@@ -18,13 +18,21 @@ import tensorflow as tf
 
 from mach_tf.config import MachConfig
 from mach_tf.inference.decoder import MergedTopK
+from mach_tf.inference.filters import check_filters
 from mach_tf.model.network import MachModel, bucket_scores
 
 METHOD_NAME = "tensorflow/serving/predict"
 SERVING_DEFAULT = "serving_default"
 PREDICT_EXAMPLES = "predict_examples"
 PREDICT_TEXT = "predict_text"
+#: Every signature's filtered twin takes three more inputs (see :data:`FILTER_SPECS`).
+FILTERED = "_filtered"
 OUTPUT_KEYS = ("label_ids", "scores", "labels")
+#: The filtered signatures' extra inputs: ids padded with -1 (a row of only -1: no
+#: exclusion / no restriction) and the number of classes to return (0: the export's k).
+FILTER_SPECS = [tf.TensorSpec([None, None], tf.int64, name="exclude_ids"),
+                tf.TensorSpec([None, None], tf.int64, name="restrict_ids"),
+                tf.TensorSpec([], tf.int32, name="top_k")]
 
 
 def label_table(path: str) -> tf.lookup.StaticHashTable:
@@ -67,10 +75,11 @@ def validate_request(feature_ids, feature_values, num_features: int):
 
 def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
                   candidate_buckets: int, label_names_path: str | None = None,
-                  featurizer=None):
+                  featurizer=None, excluded_classes=()):
     """A ``keras.export.ExportArchive`` with the ``serving_default`` and
     ``predict_examples`` endpoints (see DESIGN.md for their tensors), and ``predict_text``
-    for text models.
+    for text models; each with its ``NAME_filtered`` twin, which also takes a request's
+    ``exclude_ids``, ``restrict_ids`` and ``top_k`` (:data:`FILTER_SPECS`).
 
     Args:
         config: The run's config.
@@ -83,11 +92,13 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         featurizer: The run's adapted :class:`~mach_tf.text.TextFeaturizer` for a text
             model: adds ``predict_text`` (``text`` string ``[batch]``), and
             ``predict_examples`` then reads each example's ``text`` feature.
+        excluded_classes: Class ids no signature ever returns (retired classes).
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
     topk = MergedTopK(config.num_classes, config.hashing, k=top_k, decoder=decoder,
-                      candidate_buckets=candidate_buckets, name="mach_decoder")
+                      candidate_buckets=candidate_buckets, excluded_classes=excluded_classes,
+                      name="mach_decoder")
     archive.track(topk)
     table = None
     if label_names_path is not None:
@@ -95,7 +106,7 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         archive.track(table)
     num_features = config.num_features
 
-    def answer(feature_ids, feature_values):
+    def answer(feature_ids, feature_values, filters=None):
         feature_ids, feature_values = validate_request(feature_ids, feature_values,
                                                        num_features)
         logits = model({"feature_ids": feature_ids, "feature_values": feature_values},
@@ -104,22 +115,44 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
             bucket_scores(logits, config.loss, config.merge),
             message="the model's scores are not finite for this request (feature_values "
                     "too large for a model trained with feature_norm='none'?)")
-        top_scores, ids = topk(scores)
+        if filters is None:
+            top_scores, ids = topk(scores)
+        else:
+            exclude_ids, restrict_ids, k = filters
+            checks = check_filters(exclude_ids, restrict_ids, k, tf.shape(feature_ids)[0],
+                                   config.num_classes, top_k)
+            with tf.control_dependencies(checks):
+                top_scores, ids = topk(scores, exclude_ids=tf.identity(exclude_ids),
+                                       restrict_ids=tf.identity(restrict_ids))
+            k = tf.where(k > 0, k, top_k)  # a prefix of the export's top k, best first
+            top_scores, ids = top_scores[:, :k], ids[:, :k]
         names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
         return {"label_ids": ids, "scores": top_scores, "labels": names}
 
     def serving_default(feature_ids, feature_values):
         return answer(feature_ids, feature_values)
 
+    def serving_default_filtered(feature_ids, feature_values, exclude_ids, restrict_ids,
+                                 top_k):
+        return answer(feature_ids, feature_values, (exclude_ids, restrict_ids, top_k))
+
     def predict_text(text):
         return answer(**featurizer(text))
 
-    def predict_text_examples(examples):
-        parsed = tf.io.parse_example(examples, {
-            "text": tf.io.FixedLenFeature([], tf.string, default_value="")})
-        return predict_text(parsed["text"])
+    def predict_text_filtered(text, exclude_ids, restrict_ids, top_k):
+        return answer(**featurizer(text), filters=(exclude_ids, restrict_ids, top_k))
 
-    def predict_examples(examples):
+    def parse_text(examples):
+        return tf.io.parse_example(examples, {
+            "text": tf.io.FixedLenFeature([], tf.string, default_value="")})["text"]
+
+    def predict_text_examples(examples):
+        return predict_text(parse_text(examples))
+
+    def predict_text_examples_filtered(examples, exclude_ids, restrict_ids, top_k):
+        return predict_text_filtered(parse_text(examples), exclude_ids, restrict_ids, top_k)
+
+    def parse_sparse(examples):
         # A malformed serialized example fails inside parse_example with InvalidArgument.
         parsed = tf.io.parse_example(examples, {
             "feature_ids": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
@@ -134,18 +167,28 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
                 ids.flat_values, message="feature_ids in a tf.Example must be >= 0"),
         ]
         with tf.control_dependencies(checks):
-            return answer(ids.to_tensor(default_value=-1), vals.to_tensor(default_value=0.0))
+            return ids.to_tensor(default_value=-1), vals.to_tensor(default_value=0.0)
 
-    archive.add_endpoint(SERVING_DEFAULT, serving_default, input_signature=[
-        tf.TensorSpec([None, None], tf.int64, name="feature_ids"),
-        tf.TensorSpec([None, None], tf.float32, name="feature_values")])
+    def predict_examples(examples):
+        return answer(*parse_sparse(examples))
+
+    def predict_examples_filtered(examples, exclude_ids, restrict_ids, top_k):
+        return answer(*parse_sparse(examples), (exclude_ids, restrict_ids, top_k))
+
+    sparse_spec = [tf.TensorSpec([None, None], tf.int64, name="feature_ids"),
+                   tf.TensorSpec([None, None], tf.float32, name="feature_values")]
     examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
+    endpoints = [(SERVING_DEFAULT, serving_default, serving_default_filtered, sparse_spec)]
     if featurizer is None:
-        archive.add_endpoint(PREDICT_EXAMPLES, predict_examples, input_signature=examples_spec)
-        return archive
-    archive.track(featurizer)
-    archive.add_endpoint(PREDICT_EXAMPLES, predict_text_examples,
-                         input_signature=examples_spec)
-    archive.add_endpoint(PREDICT_TEXT, predict_text, input_signature=[
-        tf.TensorSpec([None], tf.string, name="text")])
+        endpoints.append((PREDICT_EXAMPLES, predict_examples, predict_examples_filtered,
+                          examples_spec))
+    else:
+        archive.track(featurizer)
+        endpoints += [(PREDICT_EXAMPLES, predict_text_examples,
+                       predict_text_examples_filtered, examples_spec),
+                      (PREDICT_TEXT, predict_text, predict_text_filtered,
+                       [tf.TensorSpec([None], tf.string, name="text")])]
+    for name, plain, filtered, spec in endpoints:
+        archive.add_endpoint(name, plain, input_signature=spec)
+        archive.add_endpoint(name + FILTERED, filtered, input_signature=spec + FILTER_SPECS)
     return archive

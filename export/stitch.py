@@ -18,17 +18,21 @@ import re
 import shutil
 import tempfile
 import time
+from typing import Sequence
 
 import tensorflow as tf
 
 from export import warmup as warmup_lib
-from export.signatures import PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, build_archive
-from export.verification import ExportError, sample_inputs, sample_texts, verify_export
+from export.signatures import (FILTERED, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT,
+                               build_archive)
+from export.verification import (ExportError, sample_filters, sample_inputs, sample_texts,
+                                 verify_export)
 from mach_tf import rundir
 from mach_tf.inference.decoder import DECODERS, DEFAULT_CANDIDATE_BUCKETS, resolve_decoder
 from mach_tf.inference.evaluation import export_info_path
+from mach_tf.inference.filters import excluded_set
 from mach_tf.inference.predict import pad_batch
-from mach_tf.inference.reference import reference_bucket_scores, reference_topk
+from mach_tf.inference.reference import filtered_topk_numpy, reference_bucket_scores, reference_topk
 from mach_tf.model.network import stack
 from mach_tf.text.reference import featurize_like
 from mach_tf.text.statistics import load_featurizer
@@ -83,7 +87,8 @@ def _read_label_names(path: str, num_classes: int, staging: str) -> str:
 def export_model(model_dir: str, output: str, version: int | None = None, top_k: int = 10,
                  label_names: str | None = None, decoder: str = "auto",
                  candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS, verify: bool = True,
-                 warmup: bool = True, log=None) -> ExportResult:
+                 warmup: bool = True, log=None,
+                 exclude_classes: str | Sequence[int] | None = None) -> ExportResult:
     """Exports a trained run as ``output/VERSION`` for TensorFlow Serving.
 
     Args:
@@ -100,6 +105,9 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
             scoring on sample queries; a mismatch fails the export.
         warmup: Write ``assets.extra/tf_serving_warmup_requests``.
         log: Optional callable for progress lines.
+        exclude_classes: Classes no signature ever returns (retired from the catalogue): a
+            file of one class id per line, or the ids. Every answer still has ``top_k``
+            classes while K minus their number allows.
 
     Returns:
         An :class:`ExportResult`.
@@ -127,6 +135,12 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
         raise ExportError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     config, singles = rundir.load_repetitions(model_dir)
     decoder = resolve_decoder(decoder, config.num_classes)
+    excluded = excluded_set(expand_path(exclude_classes)
+                            if isinstance(exclude_classes, str) else exclude_classes,
+                            config.num_classes)
+    if excluded.size >= config.num_classes:
+        raise ExportError(f"all {config.num_classes} classes are excluded: nothing is left "
+                          f"to return")
     versions = existing_versions(output)
     if version is None:
         version = (versions[-1] + 1) if versions else 1
@@ -154,32 +168,46 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
             say("1", f"{config.num_repetitions} repetitions loaded, K={config.num_classes}, "
                 f"decoder={decoder}, top_k={top_k}; building the serving graph")
             archive = build_archive(config, model, top_k, decoder, candidate_buckets, names,
-                                    featurizer=featurizer)
+                                    featurizer=featurizer, excluded_classes=excluded)
             archive.write_out(tmp, verbose=False)
             say("2", "SavedModel written" + (", verifying it" if verify else ""))
             del archive, model
             gc.collect()
             checked = 0
             if verify:
-                expected = reference_topk(config, reference, decoder, candidate_buckets, top_k)
-                checked = verify_export(tmp, final, sample, expected, names, texts)
-                say("3", f"{'all three' if texts is not None else 'both'} signatures "
-                    f"reproduced the in-Python top-{top_k} on {checked} queries "
-                    f"(tf.saved_model.load and the v1 session loader)")
+                family, k = config.hash_family, config.num_classes
+                expected = filtered_topk_numpy(reference, family, k, decoder,
+                                               candidate_buckets, top_k, excluded) \
+                    if excluded.size else \
+                    reference_topk(config, reference, decoder, candidate_buckets, top_k)
+                filters = sample_filters(expected[1], k, top_k)
+                expected_filtered = filtered_topk_numpy(
+                    reference, family, k, decoder, candidate_buckets, top_k, excluded,
+                    filters["exclude_ids"], filters["restrict_ids"])
+                checked = verify_export(
+                    tmp, final, sample, expected, names, texts,
+                    filtered=(filters, tuple(x[:, :filters["top_k"]]
+                                             for x in expected_filtered)))
+                say("3", f"{'all six' if texts is not None else 'all four'} signatures "
+                    f"reproduced the in-Python top-{top_k} on {checked} queries, filtered "
+                    f"and not (tf.saved_model.load and the v1 session loader)")
             info = export_info_path(tmp)
             extra = os.path.dirname(info)
             tf.io.gfile.makedirs(extra)
             if warmup:
                 warmup_lib.write_warmup(os.path.join(extra, warmup_lib.WARMUP_FILE), sample,
                                         num_requests=8, texts=texts)
+            signature_names = [SERVING_DEFAULT, PREDICT_EXAMPLES] + \
+                ([PREDICT_TEXT] if featurizer is not None else [])
             with tf.io.gfile.GFile(info, "w") as f:
                 json.dump({"config": config.to_dict(), "decoder": decoder, "top_k": top_k,
                            "candidate_buckets": candidate_buckets,
                            "scores": "mean over repetitions of the bucket "
                                      + ("probability" if config.merge == "prob"
                                         else "log-probability"),
-                           "signatures": [SERVING_DEFAULT, PREDICT_EXAMPLES]
-                           + ([PREDICT_TEXT] if featurizer is not None else []),
+                           "excluded_classes": int(excluded.size),
+                           "signatures": [name + suffix for name in signature_names
+                                          for suffix in ("", FILTERED)],
                            "mach_tf_version": __version__, "model_dir": model_dir}, f, indent=2)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

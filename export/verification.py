@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow.python.util import deprecation
 
 from export.client import rows_from_padded, serialized_examples, text_examples
-from export.signatures import METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT
+from export.signatures import FILTERED, METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT
 from mach_tf import rundir
 from mach_tf.data import to_model_inputs
 from mach_tf.inference.reference import disagreeing_rows
@@ -77,6 +77,28 @@ def sample_texts(run: str, n: int = 64) -> list[str]:
     return texts + list(TEXT_PROBES)
 
 
+def sample_filters(ids: np.ndarray, num_classes: int, top_k: int, seed: int = 0) -> dict:
+    """A filtered signature's extra inputs for the verification sample, covering each
+    path: rows excluding their two best unfiltered classes (``ids``, the reference top-k),
+    rows restricted to a few classes (their best one among them, repeated, and padding),
+    rows with both, rows with neither; and a ``top_k`` below the export's when it can be.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    exclude = np.full((n, 3), -1, np.int64)
+    restrict = np.full((n, 6), -1, np.int64)
+    for i, row in enumerate(np.asarray(ids)):
+        best = [int(c) for c in row if c >= 0]
+        if i % 4 in (0, 2):
+            exclude[i, :2] = (best + [0, 0])[:2]
+        if i % 4 in (1, 2):
+            picks = rng.choice(num_classes, min(3, num_classes), replace=False)
+            chosen = ([best[0]] if best else []) + [int(c) for c in picks]
+            restrict[i, :len(chosen) + 1] = chosen + [chosen[0]]
+    return {"exclude_ids": exclude, "restrict_ids": restrict,
+            "top_k": np.int32(max(1, top_k - 1))}
+
+
 def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
     """Signatures run the way TensorFlow Serving runs them: v1 loader, tensor names."""
     out = {}
@@ -96,7 +118,7 @@ def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
 
 
 def verify_export(path: str, final: str, sample: dict, expected, names: str | None,
-                  texts: list[str] | None = None) -> int:
+                  texts: list[str] | None = None, filtered=None) -> int:
     """Checks the SavedModel at ``path`` against the reference top-k ``expected``.
 
     Args:
@@ -108,6 +130,8 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
         texts: For a text model, the sample's raw strings (``sample`` is their Python
             reference featurisation): ``predict_text`` gets them as strings and
             ``predict_examples`` as tf.Examples with a ``text`` feature.
+        filtered: ``(filters, expected)``: the filtered signatures' extra inputs
+            (:func:`sample_filters`) and the reference top-k they must give.
 
     Returns:
         The number of queries checked.
@@ -115,7 +139,6 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     Raises:
         ExportError: naming the signature and loader that disagree, and on how many queries.
     """
-    ref_s, ref_i = expected
     n = int(sample["feature_ids"].shape[0])
     feeds = {k: np.asarray(v) for k, v in sample.items()}
     if texts is None:
@@ -136,16 +159,33 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
         outputs[f"{PREDICT_TEXT} (tf.saved_model.load)"] = \
             loaded.signatures[PREDICT_TEXT](text=tf.constant(text_feed))
         session_feeds[PREDICT_TEXT] = {"text": text_feed}
+    references = dict.fromkeys(outputs, expected)
+    if filtered is not None:
+        filters, expected_filtered = filtered
+        extra = {k: tf.constant(v) for k, v in filters.items()}
+        inputs = {SERVING_DEFAULT: {k: tf.constant(v) for k, v in feeds.items()},
+                  PREDICT_EXAMPLES: {"examples": tf.constant(examples)}}
+        if texts is not None:
+            inputs[PREDICT_TEXT] = {"text": tf.constant(text_feed)}
+        for name, query in inputs.items():
+            where = f"{name}{FILTERED} (tf.saved_model.load)"
+            outputs[where] = loaded.signatures[name + FILTERED](**query, **extra)
+            references[where] = expected_filtered
+        for name in list(session_feeds):
+            session_feeds[name + FILTERED] = {**session_feeds[name], **filters}
     outputs = {k: {name: np.asarray(t) for name, t in v.items()} for k, v in outputs.items()}
     del loaded
     gc.collect()
     for name, out in _session_outputs(path, session_feeds).items():
         outputs[f"{name} (v1 session loader)"] = out
+        references[f"{name} (v1 session loader)"] = \
+            filtered[1] if name.endswith(FILTERED) else expected
     label_of = None
     if names is not None:
         with open(names, encoding="utf-8") as f:
             label_of = np.asarray([line.rstrip("\n") for line in f] + [""], dtype=object)
     for where, out in outputs.items():
+        ref_s, ref_i = references[where]
         bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
         if bad:
             query = f" {texts[bad[0]]!r}" if texts is not None else ""

@@ -16,6 +16,7 @@ import tensorflow as tf
 from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, input_tensors,
                            rows_from_padded, serialized_examples, text_examples)
 from export.serving_protos import DecodedRequest, decode_prediction_log, encode_prediction_log
+from export.signatures import FILTERED
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -28,7 +29,9 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
     ``predict_examples`` gets up to ``num_requests // 2`` of batch 1, 4, 16, .... With
     ``texts`` (a text model's sample queries, of which ``sample`` is the featurisation),
     ``predict_text`` gets up to ``num_requests`` requests of batch 1, 2, 4, ... of them, and
-    ``predict_examples`` tf.Examples holding them as ``text``.
+    ``predict_examples`` tf.Examples holding them as ``text``. Each of those signatures'
+    ``NAME_filtered`` twin gets requests of batch 1 and 8 with an ``exclude_ids`` and a
+    ``restrict_ids`` row (:func:`warmup_filters`).
 
     Returns:
         The number of records written.
@@ -59,10 +62,28 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
             records.append(record({"text": list(texts[:size])}, PREDICT_TEXT))
             if size == len(texts):
                 break
+    queries = {SERVING_DEFAULT: {"feature_ids": ids, "feature_values": vals},
+               PREDICT_EXAMPLES: {"examples": text_examples(texts) if texts is not None else
+                                  serialized_examples(rows_from_padded(ids, vals))}}
+    if texts is not None:
+        queries[PREDICT_TEXT] = {"text": list(texts)}
+    for name, inputs in queries.items():
+        for size in sorted({1, min(8, n)}):
+            records.append(record({**{k: v[:size] for k, v in inputs.items()},
+                                   **warmup_filters(size)}, name + FILTERED))
     with tf.io.TFRecordWriter(path) as w:
         for raw in records:
             w.write(raw)
     return len(records)
+
+
+def warmup_filters(size: int) -> dict:
+    """A filtered signature's extra inputs for ``size`` warmup queries: the first restricted
+    to class 0, the others excluding it; the export's k."""
+    exclude = np.zeros((size, 1), np.int64)
+    restrict = np.full((size, 1), -1, np.int64)
+    exclude[0, 0], restrict[0, 0] = -1, 0
+    return {"exclude_ids": exclude, "restrict_ids": restrict, "top_k": np.int32(0)}
 
 
 def read_warmup(path: str) -> list[DecodedRequest]:

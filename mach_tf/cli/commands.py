@@ -189,7 +189,8 @@ def cmd_export(a) -> dict:
     from export.stitch import export_model
 
     res = export_model(a.model_dir, a.output, a.model_version, a.top_k, a.label_names,
-                       a.decoder, a.candidate_buckets, verify=not a.no_verify, log=_log)
+                       a.decoder, a.candidate_buckets, verify=not a.no_verify, log=_log,
+                       exclude_classes=a.exclude_classes)
     return res.to_dict()
 
 
@@ -197,7 +198,7 @@ def cmd_evaluate(a) -> dict:
     from mach_tf.inference.evaluation import evaluate
 
     res = evaluate(a.model, a.test, a.k, a.decoder, a.candidate_buckets, a.batch_size,
-                   a.repetitions)
+                   a.repetitions, exclude_classes=a.exclude_classes)
     if not a.json:
         for k, v in res.items():
             print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")
@@ -209,10 +210,11 @@ def cmd_predict(a) -> dict:
 
     if a.text:  # bytes: a line that is not UTF-8 is named, not a decoding traceback
         n = predict_text_lines(a.model, sys.stdin.buffer, sys.stdout, top_k=a.top_k,
-                               batch_size=a.batch_size)
+                               batch_size=a.batch_size, exclude_classes=a.exclude_classes)
     else:
         n = predict_lines(a.model, sys.stdin, sys.stdout, top_k=a.top_k,
-                          batch_size=a.batch_size, log=_log)
+                          batch_size=a.batch_size, log=_log,
+                          exclude_classes=a.exclude_classes)
     return {"queries": n}
 
 

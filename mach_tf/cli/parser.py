@@ -49,6 +49,8 @@ EXAMPLES = {
           mach-tf export --model-dir runs/r1 --output serving/mach
           mach-tf export --model-dir runs/r1 --output serving/mach --top-k 20 \\
               --label-names labels.txt --decoder candidates --candidate-buckets 16
+          # retired classes (one id per line) are never returned by any signature
+          mach-tf export --model-dir runs/r1 --output serving/mach --exclude-classes sold_out.txt
     """,
     "evaluate": """
         examples:
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--candidate-buckets", type=int, default=10, help="m (candidates decoder)")
     e.add_argument("--no-verify", action="store_true",
                    help="skip loading the export back and checking it")
+    e.add_argument("--exclude-classes", type=expand_path, metavar="FILE",
+                   help="class ids never returned (retired), one per line; every answer "
+                        "still has --top-k classes")
 
     v = _sub(sub, "evaluate", "P@k and nDCG@k of a run or an export on test data.", [common])
     v.add_argument("--model", required=True, type=expand_path, help="run directory or export")
@@ -257,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int)
     v.add_argument("--repetitions", type=int,
                    help="run directories: merge only the first N repetitions (default all)")
+    v.add_argument("--exclude-classes", type=expand_path, metavar="FILE",
+                   help="class ids never predicted, one per line (as export serves them)")
 
     r = _sub(sub, "predict", "Query an export: one query per line on stdin (XMC features "
                              "'id:value ...', or raw text with --text), one JSON line out per "
@@ -267,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--text", action="store_true",
                    help="stdin holds raw queries, one per line (a text model's predict_text)")
+    r.add_argument("--exclude-classes", type=expand_path, metavar="FILE",
+                   help="class ids never answered, one per line (the filtered signature)")
 
     u = _sub(sub, "tune", "Search the levers with keras-tuner, objective merged validation "
                           "P@1; writes the best config for 'mach-tf train --config'.", [common])

@@ -14,7 +14,7 @@ from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.data import check_data, evaluation_dataset
 from mach_tf.inference.decoder import DEFAULT_CANDIDATE_BUCKETS
-from mach_tf.inference.filters import read_class_ids
+from mach_tf.inference.filters import excluded_set
 from mach_tf.inference.ranking import RankingMetrics, propensities
 from mach_tf.inference.scorer import MergedScorer
 from mach_tf.text.statistics import load_featurizer
@@ -134,17 +134,6 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
                          repetitions, exclude_classes)
 
 
-def _excluded(exclude_classes, num_classes: int) -> np.ndarray:
-    if exclude_classes is None:
-        return np.zeros(0, np.int64)
-    if isinstance(exclude_classes, (str, os.PathLike)):
-        return read_class_ids(exclude_classes, num_classes)
-    ids = np.unique(np.asarray(exclude_classes, np.int64))
-    if ids.size and (ids[0] < 0 or ids[-1] >= num_classes):
-        raise ValueError(f"exclude_classes must be class ids in [0, {num_classes})")
-    return ids
-
-
 def _first_repetitions(model: str, repetitions: int | None):
     """``(config, stacked model)`` of the run's first ``repetitions`` (all by default),
     the config narrowed to them so they merge as a model of their own."""
@@ -169,7 +158,7 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
     if rundir.is_run_dir(model):
         config, stacked = _first_repetitions(model, repetitions)
         check_data(config, test, "test")
-        excluded = _excluded(exclude_classes, config.num_classes)
+        excluded = excluded_set(exclude_classes, config.num_classes)
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets, excluded)
         metrics = RankingMetrics(ks, inverse_propensities(model, config.num_classes))
         bs = batch_size or scorer.eval_batch_size()
@@ -193,7 +182,7 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
         text = Manifest.load(test).text  # raw text goes to predict_text as strings
         loaded = tf.saved_model.load(path)
         name = "predict_text" if text else "serving_default"
-        excluded = _excluded(exclude_classes, num_classes)
+        excluded = excluded_set(exclude_classes, num_classes)
         fn = filtered_signature(loaded, path, name) if excluded.size else \
             loaded.signatures[name]
         metrics = RankingMetrics(ks)

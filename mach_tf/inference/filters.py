@@ -16,6 +16,8 @@ bit) the unfiltered decoder gives them.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -49,6 +51,25 @@ def read_class_ids(path: str, num_classes: int) -> np.ndarray:
                                                     f"(ids 0..{num_classes - 1})")
             ids.append(value)
     return np.unique(np.asarray(ids, np.int64))
+
+
+def excluded_set(classes, num_classes: int) -> np.ndarray:
+    """Sorted unique int64 class ids from a file (see :func:`read_class_ids`) or ids;
+    empty for ``None``.
+
+    Raises:
+        ValueError: for an id outside ``[0, num_classes)`` (a
+            :class:`~tfrecords_tools.parse.DataFormatError` naming the line for a file).
+    """
+    if classes is None:
+        return np.zeros(0, np.int64)
+    if isinstance(classes, (str, os.PathLike)):
+        return read_class_ids(classes, num_classes)
+    ids = np.unique(np.asarray(classes, np.int64))
+    if ids.size and (ids[0] < 0 or ids[-1] >= num_classes):
+        raise ValueError(f"excluded classes must be class ids in [0, {num_classes}), got "
+                         f"{int(ids[0]) if ids[0] < 0 else int(ids[-1])}")
+    return ids
 
 
 def in_sorted(ids, sorted_ids):

@@ -10,7 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf import rundir
-from mach_tf.inference.evaluation import export_info_path, resolve_export
+from mach_tf.inference.evaluation import (export_info_path, filtered_signature, no_filters,
+                                          resolve_export)
+from mach_tf.inference.filters import excluded_set
 from tfrecords_tools.parse import DataFormatError, is_header_line, parse_line
 from tfrecords_tools.text_format import query_text
 
@@ -32,13 +34,33 @@ def load_signature(model: str, name: str = "serving_default"):
     return loaded, loaded.signatures[name]
 
 
-def _export_num_features(model: str) -> int | None:
-    """D of the export's config, so that a bad feature id is named with its input line."""
+def _export_dimension(model: str, name: str) -> int | None:
+    """``num_features`` or ``num_classes`` of the export's config (``None`` without its
+    info file: the signature still checks ids), so a bad id is named with its input line."""
     info = export_info_path(resolve_export(model))
     try:
-        return int(rundir.read_json(info)["config"]["num_features"])
+        return int(rundir.read_json(info)["config"][name])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # an export without its info file: the signature still checks ids
+        return None
+
+
+def answering(loaded, model: str, name: str, exclude_classes=None):
+    """``call(**inputs) -> outputs`` of the export's signature ``name``; with
+    ``exclude_classes`` (a file of class ids or the ids), its filtered twin, never
+    returning those classes."""
+    if exclude_classes is None:
+        return loaded.signatures[name]
+    num_classes = _export_dimension(model, "num_classes")
+    if num_classes is None:
+        raise ValueError(f"{model}: the export has no {export_info_path('')} to check class "
+                         f"ids against; export the run again")
+    excluded = excluded_set(exclude_classes, num_classes)
+    fn = filtered_signature(loaded, model, name)
+
+    def call(**inputs):
+        batch = tf.shape(next(iter(inputs.values())))[0]
+        return fn(**inputs, **no_filters(batch, excluded))
+    return call
 
 
 def _write_answers(res: dict, count: int, out: IO[str], top_k: int | None) -> None:
@@ -57,7 +79,7 @@ def _write_answers(res: dict, count: int, out: IO[str], top_k: int | None) -> No
 
 def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
                   batch_size: int = 256, source: str = "<stdin>",
-                  log: Callable[[str], None] | None = None) -> int:
+                  log: Callable[[str], None] | None = None, exclude_classes=None) -> int:
     """Answers every input line, a query ``[labels] id:value ...``, with one JSON line.
 
     Each output line is ``{"label_ids": [...], "scores": [...], "labels": [...]}``, in the
@@ -65,7 +87,8 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
     like one, so answer ``i`` always belongs to input line ``i``. The labels of a line, if
     any, are ignored, so a test file can be piped in as is; its XMC header
     (``num_points num_features num_labels``, never a query) is skipped when it comes first,
-    and ``log`` is told so.
+    and ``log`` is told so. ``exclude_classes`` (a file of class ids, or the ids) are never
+    answered, through the export's filtered signature.
 
     Returns:
         The number of queries answered.
@@ -75,9 +98,10 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
             are answered. When the export takes raw text (it has ``predict_text``), the
             message says to send text.
     """
-    loaded, fn = load_signature(model)
+    loaded, _ = load_signature(model)
+    fn = answering(loaded, model, "serving_default", exclude_classes)
     takes_text = "predict_text" in loaded.signatures
-    num_features = _export_num_features(model)
+    num_features = _export_dimension(model, "num_features")
     n = 0
     batch: list[tuple[list[int], list[float]]] = []
 
@@ -119,7 +143,7 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
 
 def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
                        top_k: int | None = None, batch_size: int = 256,
-                       source: str = "<stdin>") -> int:
+                       source: str = "<stdin>", exclude_classes=None) -> int:
     """Answers every line, a raw query, with one JSON line, through ``predict_text``.
 
     Every line is a query, answered in input order (an empty line is an empty query,
@@ -140,7 +164,7 @@ def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
         raise ValueError(f"{model}: the export has no predict_text signature (its model was "
                          f"trained on sparse features, not text); send XMC lines without "
                          f"--text")
-    fn = loaded.signatures["predict_text"]
+    fn = answering(loaded, model, "predict_text", exclude_classes)
     n = 0
     batch: list[bytes] = []
 

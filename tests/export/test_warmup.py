@@ -24,7 +24,8 @@ records = []
 if code == 0:
     path = os.path.join(sys.argv[2], "1", "assets.extra", WARMUP_FILE)
     records = [[r.signature_name, r.model_name,
-                {k: v.tensor_shape.dim[0].size for k, v in r.inputs.items()}]
+                {k: v.tensor_shape.dim[0].size for k, v in r.inputs.items()
+                 if v.tensor_shape.dim}]  # all but a filtered request's scalar top_k
                for r in read_warmup(path)]
 print(json.dumps({"exit": code, "records": records,
                   "serving_api": sorted(m for m in sys.modules
@@ -50,6 +51,7 @@ def test_export_writes_warmup_without_the_serving_api(tiny_run, tmp_path):
         sizes.setdefault(signature, []).append(next(iter(batch.values())))
     assert sizes["serving_default"][:4] == [1, 2, 4, 8]
     assert sizes["predict_examples"][:2] == [1, 4]
+    assert sizes["serving_default_filtered"] == sizes["predict_examples_filtered"] == [1, 8]
     # ... and the file is what TensorFlow Serving replays: the SavedModel answers each record
     assert replay_warmup(str(base / "1")) == sizes
 

@@ -155,12 +155,14 @@ def test_text_model_is_accurate_and_evaluates_through_the_export(text_run, text_
 def test_export_info_and_warmup_include_text(text_export):
     path = text_export.path
     info = json.load(open(os.path.join(path, "assets.extra", "mach_tf.json")))
-    assert info["signatures"] == ["serving_default", "predict_examples", "predict_text"]
+    plain = ["serving_default", "predict_examples", "predict_text"]
+    assert info["signatures"] == [n + f for n in plain for f in ("", "_filtered")]
     assert info["config"]["text"]["char_ngrams"] == 3
     assert text_export.verified_queries == 64 + len(TEXT_PROBES)
     seen = replay_warmup(path)
     assert seen["predict_text"][:4] == [1, 2, 4, 8]
-    assert set(seen) == {"serving_default", "predict_examples", "predict_text"}
+    assert set(seen) == {n + f for n in plain for f in ("", "_filtered")}
+    assert seen["predict_text_filtered"] == [1, 8]
 
 
 def test_featuriser_bug_in_the_graph_fails_the_export(tmp_path, text_run, monkeypatch):

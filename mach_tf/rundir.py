@@ -65,6 +65,8 @@ WORK = "work"
 CHECKPOINT = "checkpoint"
 LOGS = "logs"
 PROGRESS = "progress"
+#: A run made by extending another run's catalogue: where its repetitions start from.
+EXTENSION = "extension.json"
 MERGED_LOGS = "merged"
 #: Created (exclusively) by the one scheduler-started worker that writes the run summary.
 SUMMARY_MARKER = "summary-writer.json"
@@ -74,6 +76,16 @@ _GROUP = "group-"
 # -- paths ---------------------------------------------------------------------------------
 def config_path(run: str) -> str:
     return os.path.join(run, CONFIG)
+
+
+def extension_path(run: str) -> str:
+    return os.path.join(run, EXTENSION)
+
+
+def extension_source(run: str) -> str | None:
+    """The run whose repetitions this run's start from (``mach-tf extend``), or ``None``."""
+    path = extension_path(run)
+    return read_json(path)["source"] if tf.io.gfile.exists(path) else None
 
 
 def train_data_path(run: str) -> str:

@@ -185,6 +185,15 @@ def _train_ray(a) -> dict:
     return out
 
 
+def cmd_extend(a) -> dict:
+    from mach_tf.launch.extension import extend
+
+    return extend(a.model_dir, a.output_run, a.num_classes, a.train, a.replay, a.replay_ratio,
+                  a.valid, a.epochs, a.learning_rate, a.workers, a.threads,
+                  verbose=2 if a.verbose else 0, log=_log, seed=a.seed,
+                  checkpoint_every=a.checkpoint_every)
+
+
 def cmd_export(a) -> dict:
     from export.stitch import export_model
 
@@ -254,5 +263,5 @@ def cmd_demo(a) -> dict:
 
 
 COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "synth": cmd_synth, "train": cmd_train,
-            "export": cmd_export, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "tune": cmd_tune, "demo": cmd_demo}
+            "extend": cmd_extend, "export": cmd_export, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "tune": cmd_tune, "demo": cmd_demo}

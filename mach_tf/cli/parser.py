@@ -44,6 +44,16 @@ EXAMPLES = {
           # text data (convert --format text): featurised in the pipeline and in the export
           mach-tf train --train data/text/train --model-dir runs/t1 --char-ngrams 3
     """,
+    "extend": """
+        examples:
+          # add classes 5000..5199: fine-tune runs/r1's repetitions on their examples mixed
+          # with as many replayed old ones (runs/r1 is left as it was)
+          mach-tf extend --model-dir runs/r1 --num-classes 5200 --train data/tfr/new \\
+              --output-run runs/r2
+          mach-tf extend --model-dir runs/r1 --num-classes 5200 --train data/tfr/new \\
+              --replay data/tfr/train --replay-ratio 2 --output-run runs/r2 --workers 2
+          mach-tf export --model-dir runs/r2 --output serving/mach   # the next version
+    """,
     "export": """
         examples:
           mach-tf export --model-dir runs/r1 --output serving/mach
@@ -237,6 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--report-json", action="store_true", help=argparse.SUPPRESS)
     # Keras' fit verbosity (default: 2 with --verbose, else 0); local workers get it.
     t.add_argument("--verbose-fit", type=int, help=argparse.SUPPRESS)
+
+    x = _sub(sub, "extend", "Add classes to a trained run: a new run whose repetitions are "
+                            "fine-tuned from it on the new classes' examples and replayed "
+                            "old ones.", [common])
+    x.add_argument("--model-dir", required=True, type=expand_path,
+                   help="the trained run (only read)")
+    x.add_argument("--num-classes", required=True, type=int, help="K2, above the run's K")
+    x.add_argument("--train", required=True, type=expand_path,
+                   help="prefix of the new examples (labels below K2)")
+    x.add_argument("--output-run", required=True, type=expand_path,
+                   help="the new run directory (a rerun resumes it)")
+    x.add_argument("--replay", type=expand_path,
+                   help="old training data to replay (default: the run's recorded --train)")
+    x.add_argument("--replay-ratio", type=float, default=1.0,
+                   help="replayed old examples per new example (default 1)")
+    x.add_argument("--valid", type=expand_path, help="validation data prefix")
+    x.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
+    x.add_argument("--learning-rate", type=float)
+    x.add_argument("--workers", type=int, default=1)
+    x.add_argument("--threads", type=int, help="TensorFlow threads per worker")
+    x.add_argument("--seed", type=int, default=0, help="seeds the replay sample")
+    x.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (as train)")
 
     e = _sub(sub, "export", "Stitch a run into one SavedModel for TensorFlow Serving.", [common])
     e.add_argument("--model-dir", required=True, type=expand_path)

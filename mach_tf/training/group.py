@@ -27,7 +27,7 @@ import tensorflow as tf
 from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.errors import UnreadableCheckpointError
-from mach_tf.model.network import build_model, compile_model, split
+from mach_tf.model.network import build_model, compile_model, split, stack
 from mach_tf.text.statistics import load_featurizer
 from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss,
                                         completed_scores, monitor_name, training_callbacks)
@@ -151,6 +151,24 @@ def best_epoch_summary(history: dict, config: MachConfig, first_epoch: int = 0) 
             "group_validation": group}
 
 
+def start_from(model, singles) -> None:
+    """Copies the weights of the single-repetition models ``singles`` (in the group's order)
+    into the group ``model``, which has their architecture.
+
+    Raises:
+        ValueError: when a weight's shape differs (the source run's network is another).
+    """
+    source = stack(singles)
+    mine = {v.path: v for v in model.weights}
+    for v in source.weights:
+        name = v.path.split("/", 1)[-1]
+        target = next((t for p, t in mine.items() if p.split("/", 1)[-1] == name), None)
+        if target is None or tuple(target.shape) != tuple(v.shape):
+            raise ValueError(f"cannot start from the source run's weights: {name} "
+                             f"{tuple(v.shape)} has no match in the new network")
+        target.assign(v)
+
+
 def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                 valid: str | None = None, worker: int = 0, verbose: int = 2,
                 log: Log = log_to_stderr, *, save: Sequence[int] | None = None,
@@ -204,6 +222,10 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
                                    emit=events))
     reporting.extend(callbacks)
     state = GroupCheckpoint(ckpt_dir).state()
+    source = rundir.extension_source(run)
+    if state is None and source is not None:  # a catalogue extension starts from its source
+        start_from(model, [rundir.load_repetition(source, r) for r in group])
+        log(f"[worker {worker}] repetitions {group}: starting from {source}'s weights")
     if state is not None:
         emit({"event": "resume", "worker": worker, "reps": group, "epoch": state["epoch"],
               "step": state["step"], "finished": state.get("finished", False)})

@@ -7,8 +7,8 @@ import pytest
 
 from tests.helpers import ROOT, run_cli
 
-SUBCOMMANDS = ["convert", "verify", "synth", "train", "export", "evaluate", "predict", "tune",
-               "demo"]
+SUBCOMMANDS = ["convert", "verify", "synth", "train", "extend", "export", "evaluate", "predict",
+               "tune", "demo"]
 
 
 def last_json(stdout):

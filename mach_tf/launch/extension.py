@@ -1,0 +1,210 @@
+"""Adding classes to a trained run without training it again (``mach-tf extend``).
+
+MACH's networks never see K: each repetition predicts B buckets, and a class is found
+through its buckets under the run's hash family. A class added later therefore needs no
+new weights, only bucket ids (the same hash family gives classes ``0..K-1`` the buckets
+they had) and some training signal. :func:`extend` makes a new run directory with K2 > K
+classes whose repetitions start from the source run's weights and are fine-tuned on the new
+classes' examples mixed with a replayed sample of the old training data (so the old
+classes keep their place), with the same workers, claims, resumption and merged validation
+as ``mach-tf train``. The source run is only read.
+
+The new run records where it came from in ``RUN2/extension.json``; every worker of it
+reads that record (:func:`mach_tf.rundir.extension_source`), so a rerun, another worker or
+a Ray task starts each group from the same weights, and a rerun after a crash resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from mach_tf import rundir
+from mach_tf.errors import RunDirError
+from mach_tf.launch.local import train
+from tfrecords_tools import atomic
+from tfrecords_tools.convert import ShardedWriter
+from tfrecords_tools.manifest import FORMAT_VERSION, Manifest, manifest_path
+from tfrecords_tools.paths import expand_path
+
+#: Replayed old examples per new example, by default: as many old as new, so that the
+#: fine-tuning sees the old classes as often as the new ones.
+DEFAULT_REPLAY_RATIO = 1.0
+#: The mixed training data of an extension, inside its run directory.
+DATA = os.path.join("extension", "train")
+
+
+def _check_source(run: str, num_classes: int):
+    config = rundir.load_config(run)
+    missing = [r for r in range(config.num_repetitions) if not rundir.is_complete(run, r)]
+    if missing:
+        raise RunDirError(f"{run}: repetitions {missing} are not complete; finish training "
+                          f"the run before extending it")
+    if num_classes <= config.num_classes:
+        raise ValueError(f"--num-classes {num_classes} must be above the run's "
+                         f"{config.num_classes} classes (an extension only adds classes)")
+    config.hash_family.buckets_np(np.asarray([num_classes - 1]))  # K2 within the family
+    return config
+
+
+def _record(source: str, config, num_classes: int, train_prefix: str, replay: str | None,
+            replay_ratio: float, seed: int) -> dict:
+    return {"source": os.path.abspath(source) if "://" not in source else source,
+            "source_classes": config.num_classes, "num_classes": int(num_classes),
+            "train": os.path.abspath(train_prefix), "replay": replay and os.path.abspath(replay),
+            "replay_ratio": float(replay_ratio), "seed": int(seed)}
+
+
+def _check_data(prefix: str, what: str, config, num_classes: int) -> Manifest:
+    m = Manifest.load(prefix)
+    if m.num_features != config.num_features:
+        raise ValueError(f"{prefix} ({what}): {m.num_features} features, the run has "
+                         f"{config.num_features}")
+    if m.num_labels > num_classes:
+        raise ValueError(f"{prefix} ({what}): labels up to {m.num_labels - 1}, above the "
+                         f"{num_classes} classes asked for")
+    if bool(m.text) != (config.text is not None):
+        raise ValueError(f"{prefix} ({what}): {'text' if m.text else 'sparse features'}, "
+                         f"the run was trained on "
+                         f"{'text' if config.text is not None else 'sparse features'}")
+    return m
+
+
+def _records(m: Manifest):
+    compression = "GZIP" if m.compression == "GZIP" else ""
+    return tf.data.TFRecordDataset(m.shard_paths, compression_type=compression)
+
+
+def mix(prefix: str, new: Manifest, old: Manifest | None, replay_ratio: float, seed: int,
+        num_classes: int, num_shards: int = 1) -> Manifest:
+    """Writes the new examples and a replayed sample of the old ones (``replay_ratio`` old
+    per new, at most all of them), in a random interleaving, as a converted dataset of
+    ``num_classes`` labels. Records are copied as they are."""
+    rng = np.random.default_rng(seed)
+    n_old = 0 if old is None else \
+        min(old.num_examples, int(round(replay_ratio * new.num_examples)))
+    keep = np.zeros(0 if old is None else old.num_examples, bool)
+    if n_old:
+        keep[rng.choice(old.num_examples, n_old, replace=False)] = True
+    olds = (raw for i, raw in enumerate(_records(old).as_numpy_iterator()) if keep[i]) \
+        if n_old else iter(())
+    news = _records(new).as_numpy_iterator()
+    left = {"new": new.num_examples, "old": n_old}
+    with ShardedWriter(prefix, num_shards) as writer:
+        while left["new"] or left["old"]:
+            pick = "new" if rng.random() * (left["new"] + left["old"]) < left["new"] else "old"
+            writer.write(next(news if pick == "new" else olds))
+            left[pick] -= 1
+    m = Manifest(num_examples=new.num_examples + n_old, num_features=new.num_features,
+                 num_labels=num_classes, text=new.text, shards=list(writer.names),
+                 shard_counts=list(writer.counts), shard_bytes=list(writer.sizes),
+                 compression=writer.compression, format_version=FORMAT_VERSION,
+                 source={"format": "extension", "new": new.prefix,
+                         "replay": old.prefix if old is not None else None,
+                         "replayed": n_old},
+                 lines_read=new.num_examples + n_old)
+    atomic.write_json(manifest_path(prefix), m.to_dict())
+    return m
+
+
+def _copy_learned_inputs(source: str, output_run: str, config) -> None:
+    """The source's feature weights and text statistics: the networks were trained on
+    inputs scaled by them, so the extension keeps them instead of learning new ones."""
+    pairs = [(rundir.feature_weights_path(source), rundir.feature_weights_path(output_run))]
+    if config.text is not None:
+        name = config.text.statistics
+        pairs.append((rundir.text_statistics_path(source, name),
+                      rundir.text_statistics_path(output_run, name)))
+    for src, dst in pairs:
+        if tf.io.gfile.exists(src) and not tf.io.gfile.exists(dst):
+            with tf.io.gfile.GFile(src, "rb") as f:
+                atomic.write_bytes(dst, f.read())
+
+
+def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
+           replay: str | None = None, replay_ratio: float = DEFAULT_REPLAY_RATIO,
+           valid: str | None = None, epochs: int | None = None,
+           learning_rate: float | None = None, workers: int = 1, threads: int | None = None,
+           verbose: int = 0, log: Callable[[str], None] = print, seed: int = 0,
+           checkpoint_every: int = 0) -> dict:
+    """A new run with ``num_classes`` classes, its repetitions fine-tuned from
+    ``model_dir``'s on ``train_data`` (the new classes' examples) mixed with a replayed
+    sample of ``replay`` (the old training data).
+
+    Args:
+        model_dir: The source run (complete; never modified).
+        output_run: The new run directory (a rerun resumes it).
+        num_classes: K2, above the source's K.
+        train_data: Prefix of the new examples (labels below K2).
+        replay: Prefix of old examples to replay (default: the source's training data, when
+            it is still where the source recorded it).
+        replay_ratio: Replayed old examples per new example.
+        valid: Validation data (default: held out from the mixed data, as ``train``).
+        epochs, learning_rate: The fine-tuning's (default: the source run's).
+        workers, threads, verbose, log, checkpoint_every: As
+            :func:`mach_tf.launch.local.train`.
+        seed: Seeds the replay sample and the interleaving.
+
+    Returns:
+        The training report, with ``extension`` (the record) and ``seconds``.
+
+    Raises:
+        ValueError: for ``num_classes`` not above K, or data that does not fit the run.
+        mach_tf.errors.RunDirError: an incomplete source, or an output run made from other
+            settings (naming them).
+    """
+    model_dir, output_run = expand_path(model_dir), expand_path(output_run)
+    train_data, replay, valid = expand_path(train_data), expand_path(replay), expand_path(valid)
+    t0 = time.time()
+    if os.path.abspath(model_dir) == os.path.abspath(output_run):
+        raise ValueError("--output-run must be a new directory: the source run is never "
+                         "modified")
+    if replay_ratio < 0:
+        raise ValueError(f"replay ratio must be >= 0, got {replay_ratio}")
+    source = _check_source(model_dir, num_classes)
+    if replay is None and replay_ratio > 0:
+        info = rundir.train_data_path(model_dir)
+        replay = rundir.read_json(info).get("train") if tf.io.gfile.exists(info) else None
+        if replay is None or not tf.io.gfile.exists(manifest_path(replay)):
+            raise ValueError(f"{model_dir}: its training data is not where it was recorded "
+                             f"({replay}); give the old data with --replay, or "
+                             f"--replay-ratio 0")
+    new = _check_data(train_data, "new examples", source, num_classes)
+    old = _check_data(replay, "replay", source, num_classes) if replay_ratio > 0 else None
+    record = _record(model_dir, source, num_classes, train_data, replay, replay_ratio, seed)
+    path = rundir.extension_path(output_run)
+    if tf.io.gfile.exists(path):
+        there = rundir.read_json(path)
+        diff = sorted(k for k in set(there) | set(record) if there.get(k) != record.get(k))
+        if diff:
+            raise RunDirError(f"{output_run} was extended with other settings ("
+                              + ", ".join(f"{k}: {there.get(k)!r} there vs {record.get(k)!r} "
+                                          f"now" for k in diff)
+                              + "); use a new --output-run, or the same settings to resume")
+    elif rundir.is_run_dir(output_run):
+        raise RunDirError(f"{output_run} already holds a run that is not an extension of "
+                          f"{model_dir}; use a new --output-run")
+    else:
+        tf.io.gfile.makedirs(output_run)
+        atomic.write_json(path, record)
+    _copy_learned_inputs(model_dir, output_run, source)
+    data = os.path.join(output_run, DATA)
+    if not tf.io.gfile.exists(manifest_path(data)):
+        m = mix(data, new, old, replay_ratio, seed, num_classes)
+        log(f"extend: {new.num_examples} new examples and {m.num_examples - new.num_examples} "
+            f"replayed from {replay} written to {data}")
+    changes = {"num_classes": int(num_classes)}
+    if epochs is not None:
+        changes["epochs"] = int(epochs)
+    if learning_rate is not None:
+        changes["learning_rate"] = float(learning_rate)
+    config = source.replace(**changes)
+    report = train(output_run, data, valid, config, workers=workers, threads=threads,
+                   verbose=verbose, log=log, checkpoint_every=checkpoint_every)
+    report["extension"] = record
+    report["seconds"] = round(time.time() - t0, 3)
+    return report

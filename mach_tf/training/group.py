@@ -29,8 +29,8 @@ from mach_tf.config import MachConfig
 from mach_tf.errors import UnreadableCheckpointError
 from mach_tf.model.network import build_model, compile_model, split, stack
 from mach_tf.text.statistics import load_featurizer
-from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss,
-                                        completed_scores, monitor_name, training_callbacks)
+from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss, completed_scores,
+                                        monitor_name, training_callbacks)
 from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
 from mach_tf.training.feature_weights import run_feature_weights
 from mach_tf.training.pipeline import epochs_dataset

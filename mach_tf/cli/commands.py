@@ -191,7 +191,8 @@ def cmd_extend(a) -> dict:
     return extend(a.model_dir, a.output_run, a.num_classes, a.train, a.replay, a.replay_ratio,
                   a.valid, a.epochs, a.learning_rate, a.workers, a.threads,
                   verbose=2 if a.verbose else 0, log=_log, seed=a.seed,
-                  checkpoint_every=a.checkpoint_every)
+                  checkpoint_every=a.checkpoint_every, class_text=a.class_text,
+                  early_stopping_patience=a.early_stopping_patience)
 
 
 def cmd_export(a) -> dict:

@@ -53,6 +53,9 @@ EXAMPLES = {
           mach-tf extend --model-dir runs/r1 --num-classes 5200 --train data/tfr/new \\
               --replay data/tfr/train --replay-ratio 2 --output-run runs/r2 --workers 2
           mach-tf export --model-dir runs/r2 --output serving/mach   # the next version
+          # a text run: new products known only by their titles so far
+          mach-tf extend --model-dir runs/t1 --num-classes 5200 --class-text titles.tsv \\
+              --output-run runs/t2
     """,
     "export": """
         examples:
@@ -254,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model-dir", required=True, type=expand_path,
                    help="the trained run (only read)")
     x.add_argument("--num-classes", required=True, type=int, help="K2, above the run's K")
-    x.add_argument("--train", required=True, type=expand_path,
+    x.add_argument("--train", type=expand_path,
                    help="prefix of the new examples (labels below K2)")
+    x.add_argument("--class-text", type=expand_path, metavar="FILE",
+                   help="text runs: 'id<TAB>title' lines introducing classes by their names "
+                        "(with or without --train)")
     x.add_argument("--output-run", required=True, type=expand_path,
                    help="the new run directory (a rerun resumes it)")
     x.add_argument("--replay", type=expand_path,
@@ -265,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--valid", type=expand_path, help="validation data prefix")
     x.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
     x.add_argument("--learning-rate", type=float)
+    x.add_argument("--early-stopping-patience", type=int,
+                   help="epochs without merged validation improvement (0: off; default: "
+                        "the run's)")
     x.add_argument("--workers", type=int, default=1)
     x.add_argument("--threads", type=int, help="TensorFlow threads per worker")
     x.add_argument("--seed", type=int, default=0, help="seeds the replay sample")

@@ -24,10 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf import rundir
+from mach_tf.config import TextSettings
 from mach_tf.errors import RunDirError
 from mach_tf.launch.local import train
 from tfrecords_tools import atomic
-from tfrecords_tools.convert import ShardedWriter
+from tfrecords_tools.convert import ShardedWriter, convert
 from tfrecords_tools.manifest import FORMAT_VERSION, Manifest, manifest_path
 from tfrecords_tools.paths import expand_path
 
@@ -36,6 +37,8 @@ from tfrecords_tools.paths import expand_path
 DEFAULT_REPLAY_RATIO = 1.0
 #: The mixed training data of an extension, inside its run directory.
 DATA = os.path.join("extension", "train")
+#: The new classes' names as text-format training lines (``class_text``).
+CLASS_TEXT = os.path.join("extension", "class_text")
 
 
 def _check_source(run: str, num_classes: int):
@@ -55,13 +58,14 @@ def _record(source: str, config, num_classes: int, train_prefix: str, replay: st
             replay_ratio: float, seed: int) -> dict:
     return {"source": os.path.abspath(source) if "://" not in source else source,
             "source_classes": config.num_classes, "num_classes": int(num_classes),
-            "train": os.path.abspath(train_prefix), "replay": replay and os.path.abspath(replay),
+            "train": train_prefix and os.path.abspath(train_prefix),
+            "replay": replay and os.path.abspath(replay),
             "replay_ratio": float(replay_ratio), "seed": int(seed)}
 
 
 def _check_data(prefix: str, what: str, config, num_classes: int) -> Manifest:
     m = Manifest.load(prefix)
-    if m.num_features != config.num_features:
+    if not m.text and m.num_features > config.num_features:
         raise ValueError(f"{prefix} ({what}): {m.num_features} features, the run has "
                          f"{config.num_features}")
     if m.num_labels > num_classes:
@@ -79,34 +83,35 @@ def _records(m: Manifest):
     return tf.data.TFRecordDataset(m.shard_paths, compression_type=compression)
 
 
-def mix(prefix: str, new: Manifest, old: Manifest | None, replay_ratio: float, seed: int,
-        num_classes: int, num_shards: int = 1) -> Manifest:
-    """Writes the new examples and a replayed sample of the old ones (``replay_ratio`` old
-    per new, at most all of them), in a random interleaving, as a converted dataset of
-    ``num_classes`` labels. Records are copied as they are."""
+def mix(prefix: str, news: list[Manifest], old: Manifest | None, replay_ratio: float,
+        seed: int, num_classes: int, num_shards: int = 1) -> Manifest:
+    """Writes the new examples (of every dataset in ``news``) and a replayed sample of the
+    old ones (``replay_ratio`` old per new, at most all of them), in a random interleaving,
+    as a converted dataset of ``num_classes`` labels. Records are copied as they are."""
     rng = np.random.default_rng(seed)
-    n_old = 0 if old is None else \
-        min(old.num_examples, int(round(replay_ratio * new.num_examples)))
+    n_new = sum(m.num_examples for m in news)
+    n_old = 0 if old is None else min(old.num_examples, int(round(replay_ratio * n_new)))
     keep = np.zeros(0 if old is None else old.num_examples, bool)
     if n_old:
         keep[rng.choice(old.num_examples, n_old, replace=False)] = True
     olds = (raw for i, raw in enumerate(_records(old).as_numpy_iterator()) if keep[i]) \
         if n_old else iter(())
-    news = _records(new).as_numpy_iterator()
-    left = {"new": new.num_examples, "old": n_old}
+    fresh = (raw for m in news for raw in _records(m).as_numpy_iterator())
+    left = {"new": n_new, "old": n_old}
     with ShardedWriter(prefix, num_shards) as writer:
         while left["new"] or left["old"]:
             pick = "new" if rng.random() * (left["new"] + left["old"]) < left["new"] else "old"
-            writer.write(next(news if pick == "new" else olds))
+            writer.write(next(fresh if pick == "new" else olds))
             left[pick] -= 1
-    m = Manifest(num_examples=new.num_examples + n_old, num_features=new.num_features,
-                 num_labels=num_classes, text=new.text, shards=list(writer.names),
+    m = Manifest(num_examples=n_new + n_old,
+                 num_features=max(m.num_features for m in news), num_labels=num_classes,
+                 text=news[0].text, shards=list(writer.names),
                  shard_counts=list(writer.counts), shard_bytes=list(writer.sizes),
                  compression=writer.compression, format_version=FORMAT_VERSION,
-                 source={"format": "extension", "new": new.prefix,
+                 source={"format": "extension", "new": [m.prefix for m in news],
                          "replay": old.prefix if old is not None else None,
                          "replayed": n_old},
-                 lines_read=new.num_examples + n_old)
+                 lines_read=n_new + n_old)
     atomic.write_json(manifest_path(prefix), m.to_dict())
     return m
 
@@ -116,7 +121,7 @@ def _copy_learned_inputs(source: str, output_run: str, config) -> None:
     inputs scaled by them, so the extension keeps them instead of learning new ones."""
     pairs = [(rundir.feature_weights_path(source), rundir.feature_weights_path(output_run))]
     if config.text is not None:
-        name = config.text.statistics
+        name = TextSettings.from_dict(config.text).statistics
         pairs.append((rundir.text_statistics_path(source, name),
                       rundir.text_statistics_path(output_run, name)))
     for src, dst in pairs:
@@ -125,12 +130,13 @@ def _copy_learned_inputs(source: str, output_run: str, config) -> None:
                 atomic.write_bytes(dst, f.read())
 
 
-def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
+def extend(model_dir: str, output_run: str, num_classes: int, train_data: str | None,
            replay: str | None = None, replay_ratio: float = DEFAULT_REPLAY_RATIO,
            valid: str | None = None, epochs: int | None = None,
            learning_rate: float | None = None, workers: int = 1, threads: int | None = None,
            verbose: int = 0, log: Callable[[str], None] = print, seed: int = 0,
-           checkpoint_every: int = 0) -> dict:
+           checkpoint_every: int = 0, class_text: str | None = None,
+           early_stopping_patience: int | None = None) -> dict:
     """A new run with ``num_classes`` classes, its repetitions fine-tuned from
     ``model_dir``'s on ``train_data`` (the new classes' examples) mixed with a replayed
     sample of ``replay`` (the old training data).
@@ -139,15 +145,20 @@ def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
         model_dir: The source run (complete; never modified).
         output_run: The new run directory (a rerun resumes it).
         num_classes: K2, above the source's K.
-        train_data: Prefix of the new examples (labels below K2).
+        train_data: Prefix of the new examples (labels below K2); may be ``None`` with
+            ``class_text``.
         replay: Prefix of old examples to replay (default: the source's training data, when
             it is still where the source recorded it).
         replay_ratio: Replayed old examples per new example.
         valid: Validation data (default: held out from the mixed data, as ``train``).
-        epochs, learning_rate: The fine-tuning's (default: the source run's).
+        epochs, learning_rate, early_stopping_patience: The fine-tuning's (default: the
+            source run's).
         workers, threads, verbose, log, checkpoint_every: As
             :func:`mach_tf.launch.local.train`.
         seed: Seeds the replay sample and the interleaving.
+        class_text: For a text run, a file of ``id<TAB>title`` lines (the text format with
+            one label): classes with no examples yet, introduced by their names as
+            training lines.
 
     Returns:
         The training report, with ``extension`` (the record) and ``seconds``.
@@ -159,6 +170,10 @@ def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
     """
     model_dir, output_run = expand_path(model_dir), expand_path(output_run)
     train_data, replay, valid = expand_path(train_data), expand_path(replay), expand_path(valid)
+    class_text = expand_path(class_text)
+    if train_data is None and class_text is None:
+        raise ValueError("give the new classes' examples (--train) or their names "
+                         "(--class-text)")
     t0 = time.time()
     if os.path.abspath(model_dir) == os.path.abspath(output_run):
         raise ValueError("--output-run must be a new directory: the source run is never "
@@ -173,9 +188,15 @@ def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
             raise ValueError(f"{model_dir}: its training data is not where it was recorded "
                              f"({replay}); give the old data with --replay, or "
                              f"--replay-ratio 0")
-    new = _check_data(train_data, "new examples", source, num_classes)
+    if class_text is not None and source.text is None:
+        raise ValueError(f"--class-text introduces classes by their names, for runs trained "
+                         f"on text; {model_dir} reads sparse features")
+    news = [] if train_data is None else \
+        [_check_data(train_data, "new examples", source, num_classes)]
     old = _check_data(replay, "replay", source, num_classes) if replay_ratio > 0 else None
     record = _record(model_dir, source, num_classes, train_data, replay, replay_ratio, seed)
+    if class_text is not None:
+        record["class_text"] = os.path.abspath(class_text)
     path = rundir.extension_path(output_run)
     if tf.io.gfile.exists(path):
         there = rundir.read_json(path)
@@ -194,14 +215,20 @@ def extend(model_dir: str, output_run: str, num_classes: int, train_data: str,
     _copy_learned_inputs(model_dir, output_run, source)
     data = os.path.join(output_run, DATA)
     if not tf.io.gfile.exists(manifest_path(data)):
-        m = mix(data, new, old, replay_ratio, seed, num_classes)
-        log(f"extend: {new.num_examples} new examples and {m.num_examples - new.num_examples} "
-            f"replayed from {replay} written to {data}")
+        if class_text is not None:  # the names as training lines, checked like any text
+            news.append(convert(class_text, os.path.join(output_run, CLASS_TEXT), "text",
+                                num_labels=num_classes))
+        m = mix(data, news, old, replay_ratio, seed, num_classes)
+        n_new = sum(x.num_examples for x in news)
+        log(f"extend: {n_new} new examples and {m.num_examples - n_new} replayed from "
+            f"{replay} written to {data}")
     changes = {"num_classes": int(num_classes)}
     if epochs is not None:
         changes["epochs"] = int(epochs)
     if learning_rate is not None:
         changes["learning_rate"] = float(learning_rate)
+    if early_stopping_patience is not None:
+        changes["early_stopping_patience"] = int(early_stopping_patience)
     config = source.replace(**changes)
     report = train(output_run, data, valid, config, workers=workers, threads=threads,
                    verbose=verbose, log=log, checkpoint_every=checkpoint_every)

@@ -335,3 +335,32 @@ def test_demo_serving_check_for_text(text_run, text_export, text_data):
 
     check = text_serving_check(text_export.path, text_run, text_data["test"], top_k=5, n=64)
     assert check == {"serving_check": True, "serving_queries": 64}
+
+
+# -- a living catalogue: classes introduced by their names -----------------------------------
+def test_extend_introduces_classes_by_their_names(tmp_path, text_run):
+    from mach_tf.inference.scorer import MergedScorer
+    from mach_tf.launch.extension import extend
+
+    config = rundir.load_config(text_run)
+    k = config.num_classes
+    names = {k: "quokka lantern", k + 1: "zephyr marmalade"}
+    titles = tmp_path / "titles.tsv"
+    titles.write_text("".join(f"{c}\t{t}\n" for c, t in names.items() for _ in range(20)))
+    out = str(tmp_path / "run2")
+    report = extend(text_run, out, k + 2, None, class_text=str(titles), replay_ratio=0.5,
+                    epochs=20, learning_rate=1e-2, early_stopping_patience=0,
+                    log=lambda m: None)
+    assert report["complete"] == 4 and report["extension"]["class_text"] == str(titles)
+    config2, model = rundir.load_all(out)
+    scorer = MergedScorer(config2, model)
+    featurizer = load_featurizer(out, config2)
+    assert config2.text == config.text  # the source's featuriser and statistics
+    _, ids = scorer.topk(featurizer(tf.constant([t.encode() for t in names.values()])), 3)
+    for row, c in zip(ids.numpy(), names):
+        assert c in row.tolist()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(f"{k + 5}\tsomething\n")
+    with pytest.raises(ValueError, match=r"bad.tsv:1: label id .* out of range"):
+        extend(text_run, str(tmp_path / "run3"), k + 2, None, class_text=str(bad),
+               log=lambda m: None)

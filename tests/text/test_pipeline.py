@@ -364,3 +364,23 @@ def test_extend_introduces_classes_by_their_names(tmp_path, text_run):
     with pytest.raises(ValueError, match=r"bad.tsv:1: label id .* out of range"):
         extend(text_run, str(tmp_path / "run3"), k + 2, None, class_text=str(bad),
                log=lambda m: None)
+
+
+def test_text_export_retires_classes_in_every_text_signature(tmp_path, text_run, queries):
+    from tests.helpers import serve_both_ways
+
+    retired = [40, 47, 54, 1, 8]  # among the most frequent
+    res = export_model(text_run, str(tmp_path / "mach"), top_k=5, decoder="candidates",
+                       candidate_buckets=1, exclude_classes=retired)
+    rng = np.random.default_rng(0)
+    words = " ".join(queries[:64]).split()
+    texts = queries + [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(936)]
+    feed = np.asarray([t.encode("utf-8") for t in texts], dtype=object)
+    none = {"exclude_ids": np.full((len(texts), 1), -1, np.int64),
+            "restrict_ids": np.full((len(texts), 1), -1, np.int64), "top_k": np.int32(0)}
+    for run in serve_both_ways(res.path, ["predict_text", "predict_text_filtered"]):
+        for loader in ("saved_model.load", "session"):
+            for signature, extra in (("predict_text", {}), ("predict_text_filtered", none)):
+                ids = run(loader, signature, {"text": feed, **extra})["label_ids"]
+                assert ids.shape == (len(texts), 5) and (ids >= 0).all(), signature
+                assert not np.isin(ids, retired).any(), (signature, loader)

@@ -16,6 +16,11 @@ features, in the graph), :mod:`mach_tf.training` (a group's fit), :mod:`mach_tf.
 (workers, claims, local and Ray launchers), :mod:`mach_tf.inference` (merged top-k,
 evaluation, metrics, queries), :mod:`mach_tf.datasets` (synthetic data, TFDS) and
 :mod:`mach_tf.cli`. :mod:`mach_tf.errors` holds the exceptions users act on.
+
+MACH as a Keras output head on any encoder, in ``keras.ops`` (every Keras backend):
+:class:`mach_tf.MachClassifier` (``fit`` on class ids, ``predict_topk``), built from
+:mod:`mach_tf.layers` (``MachHead``, the merged top-k), :mod:`mach_tf.losses`
+(``MachLoss``) and :mod:`mach_tf.metrics` (``MergedPrecisionAtK``, ``MergedNDCGAtK``).
 """
 
 import importlib
@@ -31,6 +36,7 @@ _LAZY = {
     "train": "mach_tf.launch.local",
     "train_worker": "mach_tf.launch.worker",
     "evaluate": "mach_tf.inference.evaluation",
+    "MachClassifier": "mach_tf.classifier",
     "MachModel": "mach_tf.model.network",
     "build_model": "mach_tf.model.network",
     "MergedTopK": "mach_tf.inference.decoder",
@@ -40,10 +46,10 @@ _LAZY = {
     "TextFeaturizer": "mach_tf.text.featurizer",
 }
 
-__all__ = ["ClaimLost", "HashFamily", "MachConfig", "MachModel", "MergedScorer", "MergedTopK",
-           "NonFiniteLossError", "RankingMetrics", "RunDirError", "SyntheticSpec",
-           "TextFeaturizer", "TextSettings", "UnreadableCheckpointError", "__version__",
-           "build_model", "evaluate", "train", "train_worker"]
+__all__ = ["ClaimLost", "HashFamily", "MachClassifier", "MachConfig", "MachModel",
+           "MergedScorer", "MergedTopK", "NonFiniteLossError", "RankingMetrics", "RunDirError",
+           "SyntheticSpec", "TextFeaturizer", "TextSettings", "UnreadableCheckpointError",
+           "__version__", "build_model", "evaluate", "train", "train_worker"]
 
 
 def __getattr__(name):

@@ -37,7 +37,9 @@ def data_config_overrides(manifest, overrides: dict) -> tuple[int, dict]:
 
     Raises:
         ValueError: text settings asked for sparse data.
+        RunDirError: dense data (see :func:`refuse_dense`).
     """
+    refuse_dense(manifest, "training")
     out = {k: v for k, v in overrides.items() if k not in TEXT_OVERRIDES}
     given = [k for k in TEXT_OVERRIDES if overrides.get(k) is not None]
     if not manifest.text:
@@ -79,12 +81,27 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
         raise RunDirError(f"{m.path}: training data has no examples")
 
 
+def refuse_dense(manifest, role: str, reads: str = "sparse features or raw text") -> None:
+    """Refuses a dataset of dense embeddings: MACH models read sparse features or text.
+
+    Raises:
+        RunDirError: naming the manifest and what the run reads.
+    """
+    if manifest.embedding_dim is not None:
+        raise RunDirError(
+            f"{manifest.path}: {role} data holds dense embeddings (converted with --format "
+            f"dense, embedding_dim={manifest.embedding_dim}) but the run's model reads "
+            f"{reads}; convert the data with --format xmc, libsvm or text")
+
+
 def check_data_kind(config, manifest, role: str) -> None:
-    """Refuses text data for a model of sparse features, and the other way round.
+    """Refuses text data for a model of sparse features, and the other way round, and
+    dense data for either.
 
     Raises:
         RunDirError: naming the manifest and what the run expects.
     """
+    refuse_dense(manifest, role, "raw text" if config.text is not None else "sparse features")
     if manifest.text and config.text is None:
         raise RunDirError(
             f"{manifest.path}: {role} data holds raw text (converted with --format text) "

@@ -1,7 +1,9 @@
-"""Text (XMC / libsvm) -> sharded TFRecord files plus a manifest.
+"""Text (XMC / libsvm / labelled text) or dense vectors -> sharded TFRecord files plus a
+manifest.
 
 Each point becomes one ``tf.train.Example`` with ``feature_ids`` (int64 list),
-``feature_values`` (float list) and ``labels`` (int64 list); points are dealt round-robin
+``feature_values`` (float list) and ``labels`` (int64 list) -- or, for dense vectors,
+``embedding`` (float list of length d) and ``labels``; points are dealt round-robin
 to ``PREFIX-00000-of-0000N.tfrecord[.gz]``. ``PREFIX.manifest.json`` describes the shards.
 Every file is written under a temporary name and renamed into place only when the whole
 conversion succeeded, and the manifest is renamed last, so an interrupted conversion never
@@ -16,7 +18,10 @@ import sys
 import time
 from typing import Callable, Iterable
 
+import numpy as np
+
 from tfrecords_tools import atomic
+from tfrecords_tools.dense import DenseReader
 from tfrecords_tools.manifest import FORMAT_VERSION, Manifest, manifest_path, shard_names
 from tfrecords_tools.parse import FLOAT32_OVERFLOW, SparseReader
 from tfrecords_tools.paths import expand_path
@@ -39,6 +44,39 @@ def serialize_example(labels, feature_ids, feature_values, text: bytes | None = 
         feat["text"] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[text]))
     return example_pb2.Example(
         features=feature_pb2.Features(feature=feat)).SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1  # negative int64s are ten bytes of two's complement
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (``tag`` = field number << 3 | 2)."""
+    return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def serialize_dense_example(labels, embedding) -> bytes:
+    """One dense point (``labels`` and an ``embedding`` of length d, stored as float32) as
+    a serialized ``tf.train.Example`` with ``embedding`` and ``labels``.
+
+    The bytes are written directly (the protobuf wire format of ``Example``: a map entry
+    per feature, packed ``FloatList`` / ``Int64List`` values): building a message of d
+    Python floats per row would be the conversion's bottleneck. A test checks them against
+    the protobuf library's own ``Example``.
+    """
+    floats = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
+    ids = b"".join(_varint(int(x)) for x in labels)
+    entries = ((b"embedding", _field(0x12, _field(0x0A, floats))),  # Feature.float_list
+               (b"labels", _field(0x1A, _field(0x0A, ids))))  # Feature.int64_list
+    features = b"".join(_field(0x0A, _field(0x0A, key) + _field(0x12, value))
+                        for key, value in entries)
+    return _field(0x0A, features)
 
 
 def check_point(index: int, labels, feature_ids, feature_values, num_features: int,
@@ -153,16 +191,21 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
             compression: str = "NONE", num_features: int | None = None,
             num_labels: int | None = None, on_error: str = "fail",
             progress: bool | None = None,
-            log: Callable[[str], None] | None = None) -> Manifest:
-    """Converts an XMC, libsvm or text-format file into sharded TFRecords and a manifest.
+            log: Callable[[str], None] | None = None,
+            labels_path=None) -> Manifest:
+    """Converts an XMC, libsvm or text-format file, or a ``.npy`` matrix of dense vectors
+    and its label file, into sharded TFRecords and a manifest.
 
     Args:
-        input_path: Text file (plain or gzip).
+        input_path: Text file (plain or gzip); for ``fmt="dense"`` the ``[N, d]`` float
+            matrix (``numpy.save`` format, memory-mapped and read in chunks).
         prefix: Output prefix; shards are ``PREFIX-0000i-of-0000N.tfrecord[.gz]`` and the
             manifest ``PREFIX.manifest.json``.
         fmt: ``"xmc"``, ``"libsvm"`` or ``"text"`` (``labels<TAB>text`` lines, see
             :mod:`tfrecords_tools.text_format`: each record holds the raw text in ``text``
-            and no sparse features).
+            and no sparse features), or ``"dense"`` (see :mod:`tfrecords_tools.dense`:
+            each record holds ``embedding``, float32 ``[d]``; the manifest records
+            ``embedding_dim``).
         num_shards: Number of output shards.
         compression: ``"NONE"`` or ``"GZIP"``.
         num_features: Feature dimension (libsvm: checked, or inferred when omitted).
@@ -170,6 +213,8 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
         on_error: ``"fail"`` or ``"skip"`` (bad lines recorded in the manifest).
         progress: Show a progress line on stderr (default: when stderr is a terminal).
         log: Called with a one-line summary of skipped lines, if any.
+        labels_path: For ``fmt="dense"`` (and only then): the label file, one line of
+            comma-separated label ids per row of the matrix.
 
     Returns:
         The written :class:`Manifest`.
@@ -178,8 +223,17 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
         DataFormatError: naming the file and line of the first fault (``on_error="fail"``).
     """
     input_path, prefix = expand_path(input_path), expand_path(prefix)
-    is_text = fmt == "text"
-    if is_text:
+    is_text, is_dense = fmt == "text", fmt == "dense"
+    if (labels_path is not None) != is_dense:
+        raise ValueError("labels_path is required with format 'dense' and applies to it "
+                         "only (the other formats hold their labels in the input)")
+    if is_dense:
+        if num_features is not None:
+            raise ValueError("num_features does not apply to --format dense: its width is "
+                             "the matrix's number of columns")
+        reader = DenseReader(input_path, labels_path, num_labels=num_labels,
+                             on_error=on_error)
+    elif is_text:
         if num_features is not None:
             raise ValueError("num_features does not apply to --format text: text has no "
                              "feature ids (the featuriser's hash dimension is chosen when "
@@ -192,7 +246,9 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
     n = nnz = nlab = 0
     with ShardedWriter(prefix, num_shards, compression) as writer:
         for p in reader:
-            if is_text:
+            if is_dense:
+                writer.write(serialize_dense_example(p.labels, p.embedding))
+            elif is_text:
                 writer.write(serialize_example(p.labels, [], [], p.text.encode("utf-8")))
             else:
                 writer.write(serialize_example(p.labels, p.feature_ids, p.feature_values))
@@ -211,14 +267,16 @@ def convert(input_path, prefix: str, fmt: str = "xmc", num_shards: int = 1,
         shards=list(writer.names), shard_counts=list(writer.counts),
         shard_bytes=list(writer.sizes), compression=writer.compression,
         format_version=FORMAT_VERSION,
-        source={"path": os.path.abspath(os.fspath(input_path)), "format": fmt},
+        source={"path": os.path.abspath(os.fspath(input_path)), "format": fmt,
+                **({"labels_path": os.path.abspath(os.fspath(reader.path)),
+                    "dtype": str(reader.dtype)} if is_dense else {})},
         lines_read=reader.lines_read,
         skipped=[{"line": ln, "reason": r} for ln, r in reader.skipped],
-        stats={"avg_features_per_point": nnz / max(n, 1),
+        stats={**({} if is_dense else {"avg_features_per_point": nnz / max(n, 1)}),
                "avg_labels_per_point": nlab / max(n, 1),
                **({"avg_chars_per_text": reader.chars / max(n, 1),
                    "avg_words_per_text": reader.words / max(n, 1)} if is_text else {})},
-        text=is_text)
+        text=is_text, embedding_dim=reader.dim if is_dense else None)
     atomic.write_json(manifest_path(prefix), manifest.to_dict())
     manifest.prefix = os.fspath(prefix)
     if reader.skipped and log is not None:

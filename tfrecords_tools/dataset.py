@@ -12,8 +12,13 @@ import tensorflow as tf
 from tfrecords_tools.manifest import Manifest
 
 
-def feature_spec(with_text: bool = False) -> dict:
-    """The parsing spec of the package's TFRecord schema (ragged lists)."""
+def feature_spec(with_text: bool = False, embedding_dim: int | None = None) -> dict:
+    """The parsing spec of the package's TFRecord schema (ragged lists); with
+    ``embedding_dim`` d, that of dense records (``embedding`` float32 ``[d]``, ragged
+    ``labels``)."""
+    if embedding_dim is not None:
+        return {"embedding": tf.io.FixedLenFeature([embedding_dim], tf.float32),
+                "labels": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)}
     spec = {
         "feature_ids": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
         "feature_values": tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64),
@@ -24,10 +29,12 @@ def feature_spec(with_text: bool = False) -> dict:
     return spec
 
 
-def parse_batch(serialized: tf.Tensor, with_text: bool = False) -> dict:
+def parse_batch(serialized: tf.Tensor, with_text: bool = False,
+                embedding_dim: int | None = None) -> dict:
     """Parses a batch of serialized examples into ragged ``feature_ids``,
-    ``feature_values`` and ``labels`` (and dense ``text`` when asked)."""
-    return tf.io.parse_example(serialized, feature_spec(with_text))
+    ``feature_values`` and ``labels`` (and dense ``text`` when asked); with
+    ``embedding_dim`` d, into ``embedding`` float32 ``[batch, d]`` and ragged ``labels``."""
+    return tf.io.parse_example(serialized, feature_spec(with_text, embedding_dim))
 
 
 def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | None = None,
@@ -54,17 +61,20 @@ def make_dataset(data, batch_size: int, *, shuffle: bool = False, seed: int | No
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ragged ``feature_ids`` (int64),
-        ``feature_values`` (float32) and ``labels`` (int64), each ``[batch, None]``.
+        ``feature_values`` (float32) and ``labels`` (int64), each ``[batch, None]``; for
+        dense data (the manifest's ``embedding_dim`` d), ``embedding`` float32
+        ``[batch, d]`` and ragged ``labels``.
         tf.data reports a damaged record as a ``DataLossError`` without the file: iterate
         inside :func:`tfrecords_tools.verification.located_read_errors` to have the shard
         named.
     """
-    records = make_record_dataset(data, shuffle=shuffle, seed=seed, repeat=repeat,
+    manifest = data if isinstance(data, Manifest) else Manifest.load(data)
+    records = make_record_dataset(manifest, shuffle=shuffle, seed=seed, repeat=repeat,
                                   shuffle_buffer=shuffle_buffer,
                                   num_parallel_reads=num_parallel_reads,
                                   record_filter=record_filter)
     return batch_and_parse(records, batch_size, drop_remainder=drop_remainder,
-                           with_text=with_text)
+                           with_text=with_text, embedding_dim=manifest.embedding_dim)
 
 
 def make_record_dataset(data, *, shuffle: bool = False, seed: int | None = None,
@@ -97,9 +107,11 @@ def make_record_dataset(data, *, shuffle: bool = False, seed: int | None = None,
 
 
 def batch_and_parse(records: tf.data.Dataset, batch_size: int, *,
-                    drop_remainder: bool = False, with_text: bool = False) -> tf.data.Dataset:
-    """Batches serialized records and parses each batch with one vectorised call."""
+                    drop_remainder: bool = False, with_text: bool = False,
+                    embedding_dim: int | None = None) -> tf.data.Dataset:
+    """Batches serialized records and parses each batch with one vectorised call (dense
+    records when ``embedding_dim``, the manifest's, is given)."""
     ds = records.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda s: parse_batch(s, with_text), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(lambda s: parse_batch(s, with_text, embedding_dim),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

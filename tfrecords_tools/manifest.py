@@ -78,6 +78,9 @@ class Manifest:
         stats: Averages (features and labels per point; characters and words per text).
         text: The records hold raw text in ``text`` and no sparse features (converted with
             ``--format text``; models featurise the text themselves).
+        embedding_dim: The records hold a dense float32 ``embedding`` of this length and no
+            sparse features (converted with ``--format dense``); ``None`` otherwise (and in
+            manifests written before dense data existed).
         prefix: The prefix this manifest was read from (not stored).
     """
 
@@ -94,11 +97,14 @@ class Manifest:
     skipped: list[dict] = dataclasses.field(default_factory=list)
     stats: dict = dataclasses.field(default_factory=dict)
     text: bool = False
+    embedding_dim: int | None = None
     prefix: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("prefix")
+        if d["embedding_dim"] is None:  # sparse and text manifests stay as they were
+            d.pop("embedding_dim")
         return d
 
     @property
@@ -165,6 +171,11 @@ class Manifest:
                 bad(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if not isinstance(self.text, bool):
             bad(f"text must be true or false, got {self.text!r}")
+        if self.embedding_dim is not None:
+            if not _is_count(self.embedding_dim) or self.embedding_dim < 1:
+                bad(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
+            if self.text:
+                bad("a dataset holds either text or dense embeddings, not both")
         if self.compression not in ("NONE", "GZIP"):
             bad(f"unknown compression {self.compression!r}")
         if not isinstance(self.shards, list) or not self.shards or not all(

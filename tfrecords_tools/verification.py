@@ -27,7 +27,7 @@ from tfrecords_tools.manifest import Manifest, ShardError
 
 _BATCH = 1024
 # Messages of tf.io.parse_example about the records' contents (a schema mismatch).
-_PARSE_FAULT = re.compile(r"Key: (feature_ids|feature_values|labels|text)|"
+_PARSE_FAULT = re.compile(r"Key: (feature_ids|feature_values|labels|text|embedding)|"
                           r"Could not parse example")
 
 
@@ -88,17 +88,39 @@ def _first_unreadable(path: str, compression: str) -> int:
     return i
 
 
-def _first_unparsable(batch: tf.Tensor) -> tuple[int, str]:
+def _parse(batch: tf.Tensor, m: Manifest) -> dict:
+    """A batch as verification reads it: dense records with a ragged ``embedding``, so that
+    a record of another length is named rather than refused by the fixed-length parse."""
+    if m.embedding_dim is None:
+        return parse_batch(batch, with_text=m.text)
+    spec = {k: tf.io.RaggedFeature(dtype, row_splits_dtype=tf.int64)
+            for k, dtype in (("embedding", tf.float32), ("labels", tf.int64))}
+    return tf.io.parse_example(batch, spec)
+
+
+def _first_unparsable(batch: tf.Tensor, m: Manifest) -> tuple[int, str]:
     for j in range(int(batch.shape[0])):
         try:
-            parse_batch(batch[j:j + 1])
+            _parse(batch[j:j + 1], m)
         except tf.errors.InvalidArgumentError as e:
             return j, tf_reason(e)
     return 0, "unparsable batch"
 
 
+def _check_labels(labels: tf.RaggedTensor, m: Manifest) -> tuple[int, str] | None:
+    lab = labels.flat_values.numpy()
+    lab_rows = np.repeat(np.arange(labels.nrows().numpy()), labels.row_lengths().numpy())
+    out = (lab < 0) | (lab >= m.num_labels)
+    if out.any():
+        return int(lab_rows[np.argmax(out)]), (f"a label id outside [0, {m.num_labels}) "
+                                               f"(num_labels of the manifest)")
+    return None
+
+
 def _check_batch(parsed: dict, m: Manifest) -> tuple[int, str] | None:
     """``(row, reason)`` of the first record that breaks the schema, or ``None``."""
+    if m.embedding_dim is not None:
+        return _check_dense_batch(parsed, m)
     ids, vals, labels = parsed["feature_ids"], parsed["feature_values"], parsed["labels"]
     n_ids = ids.row_lengths().numpy()
     n_vals = vals.row_lengths().numpy()
@@ -115,12 +137,9 @@ def _check_batch(parsed: dict, m: Manifest) -> tuple[int, str] | None:
     for mask, why in zip(checks, reasons):
         if mask.any():
             return int(rows[np.argmax(mask)]), why
-    lab = labels.flat_values.numpy()
-    lab_rows = np.repeat(np.arange(labels.nrows().numpy()), labels.row_lengths().numpy())
-    out = (lab < 0) | (lab >= m.num_labels)
-    if out.any():
-        return int(lab_rows[np.argmax(out)]), (f"a label id outside [0, {m.num_labels}) "
-                                               f"(num_labels of the manifest)")
+    fault = _check_labels(labels, m)
+    if fault is not None:
+        return fault
     if fid.size:
         order = np.lexsort((fid, rows))
         same = (rows[order][1:] == rows[order][:-1]) & (fid[order][1:] == fid[order][:-1])
@@ -137,6 +156,22 @@ def _check_batch(parsed: dict, m: Manifest) -> tuple[int, str] | None:
     return None
 
 
+def _check_dense_batch(parsed: dict, m: Manifest) -> tuple[int, str] | None:
+    """:func:`_check_batch` for dense records: an ``embedding`` of the manifest's length,
+    finite, and labels within its dimension."""
+    emb = parsed["embedding"]
+    lengths = emb.row_lengths().numpy()
+    wrong = np.flatnonzero(lengths != m.embedding_dim)
+    if wrong.size:
+        r = int(wrong[0])
+        return r, (f"an embedding of length {lengths[r]}, the manifest's embedding_dim is "
+                   f"{m.embedding_dim}")
+    finite = np.isfinite(emb.flat_values.numpy()).reshape(len(lengths), m.embedding_dim)
+    if not finite.all():
+        return int(np.argmax(~finite.all(axis=1))), "an embedding value that is NaN or infinite"
+    return _check_labels(parsed["labels"], m)
+
+
 def verify_shard(m: Manifest, index: int) -> dict:
     """Reads shard ``index`` of a loaded manifest in full.
 
@@ -151,9 +186,9 @@ def verify_shard(m: Manifest, index: int) -> dict:
     try:
         for batch in _records(path, m.compression).batch(_BATCH):
             try:
-                parsed = parse_batch(batch, with_text=m.text)
+                parsed = _parse(batch, m)
             except tf.errors.InvalidArgumentError:
-                row, why = _first_unparsable(batch)
+                row, why = _first_unparsable(batch, m)
                 raise ShardError(path, f"not a tf.train.Example of the mach-tf schema: {why}",
                                  count + row) from None
             fault = _check_batch(parsed, m)

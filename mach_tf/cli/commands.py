@@ -21,11 +21,20 @@ def _log(msg: str) -> None:
 def cmd_convert(a) -> dict:
     from tfrecords_tools.convert import convert
 
+    if a.format == "dense" and a.labels is None:
+        raise UsageError("mach-tf convert: --format dense needs --labels LABELS (one line of "
+                         "comma-separated label ids per row of INPUT)")
+    if a.format != "dense" and a.labels is not None:
+        raise UsageError(f"mach-tf convert: --labels applies to --format dense only (--format "
+                         f"{a.format} reads the labels from INPUT)")
     m = convert(a.input, a.prefix, a.format, a.shards, a.compression, a.num_features,
-                a.num_labels, a.on_error, progress=True if a.progress else None, log=_log)
+                a.num_labels, a.on_error, progress=True if a.progress else None, log=_log,
+                labels_path=a.labels)
     out = {"prefix": a.prefix, "num_examples": m.num_examples,
            "num_features": m.num_features, "num_labels": m.num_labels,
            "shards": len(m.shards), "lines_read": m.lines_read, "skipped": len(m.skipped)}
+    if m.embedding_dim is not None:
+        out["embedding_dim"] = m.embedding_dim
     if a.verify:
         from tfrecords_tools.verification import verify
 

@@ -18,6 +18,7 @@ EXAMPLES = {
           mach-tf convert dirty.txt data/tfr/dirty --on-error skip   # skipped lines listed
           mach-tf convert data/train.txt data/tfr/train --verify     # read back every record
           mach-tf convert queries.tsv data/tfr/queries --format text  # lines 'labels<TAB>text'
+          mach-tf convert emb.npy data/tfr/emb --format dense --labels labels.txt  # [N, d] floats
     """,
     "verify": """
         examples:
@@ -156,17 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     p.subcommands = sub.choices  # name -> parser, for parse_args' messages
 
-    c = _sub(sub, "convert", "Convert XMC or libsvm text into sharded TFRecords.", [common])
-    c.add_argument("input", type=expand_path, help="text file (plain or gzip)")
+    c = _sub(sub, "convert", "Convert XMC, libsvm or labelled text, or dense vectors, into "
+                             "sharded TFRecords.", [common])
+    c.add_argument("input", type=expand_path,
+                   help="text file (plain or gzip); for --format dense a .npy float matrix")
     c.add_argument("prefix", type=expand_path,
                    help="output prefix: PREFIX-0000i-of-0000N.tfrecord + PREFIX.manifest.json")
-    c.add_argument("--format", choices=("xmc", "libsvm", "text"), default="xmc",
-                   help="xmc (header line), libsvm, or text (lines 'labels<TAB>text')")
+    c.add_argument("--format", choices=("xmc", "libsvm", "text", "dense"), default="xmc",
+                   help="xmc (header line), libsvm, text (lines 'labels<TAB>text'), or dense "
+                        "(INPUT a [N, d] .npy matrix, labels from --labels)")
+    c.add_argument("--labels", type=expand_path, metavar="LABELS",
+                   help="--format dense: label file, one line of comma-separated label ids "
+                        "per row (an empty line: no labels)")
     c.add_argument("--shards", type=int, default=1)
     c.add_argument("--compression", choices=("NONE", "GZIP"), default="NONE",
                    type=str.upper)
     c.add_argument("--num-features", type=int, help="feature dimension (libsvm)")
-    c.add_argument("--num-labels", type=int, help="label dimension (libsvm)")
+    c.add_argument("--num-labels", type=int, help="label dimension (libsvm, text, dense)")
     c.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="fail on the first bad line, or skip and list bad lines")
     c.add_argument("--progress", action="store_true", help="force the progress line")

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from mach_tf import rundir
 from mach_tf.config import TextSettings
+from mach_tf.data import refuse_dense
 from mach_tf.errors import RunDirError
 from mach_tf.launch.local import train
 from tfrecords_tools import atomic
@@ -70,6 +71,7 @@ def _record(source: str, config, num_classes: int, train_prefix: str, replay: st
 
 def _check_data(prefix: str, what: str, config, num_classes: int) -> Manifest:
     m = Manifest.load(prefix)
+    refuse_dense(m, what, "raw text" if config.text is not None else "sparse features")
     if not m.text and m.num_features > config.num_features:
         raise ValueError(f"{prefix} ({what}): {m.num_features} features, the run has "
                          f"{config.num_features}")

@@ -73,6 +73,31 @@ def validate_request(feature_ids, feature_values, num_features: int):
         return tf.identity(feature_ids), tf.identity(feature_values)
 
 
+def decoded_answer(topk: MergedTopK, scores, table=None, filters=None) -> dict:
+    """A signature's outputs (:data:`OUTPUT_KEYS`) from bucket scores ``[batch, R, B]``.
+
+    Args:
+        topk: The export's decoder (its ``k`` is the export's top k).
+        scores: Bucket scores, as :func:`~mach_tf.model.network.bucket_scores` gives them.
+        table: A :func:`label_table`, or ``None`` to name classes by their ids.
+        filters: A filtered signature's ``(exclude_ids, restrict_ids, top_k)``, checked by
+            :func:`~mach_tf.inference.filters.check_filters`; ``None`` for the plain one.
+    """
+    if filters is None:
+        top_scores, ids = topk(scores)
+    else:
+        exclude_ids, restrict_ids, k = filters
+        checks = check_filters(exclude_ids, restrict_ids, k, tf.shape(scores)[0],
+                               topk.num_classes, topk.k)
+        with tf.control_dependencies(checks):
+            top_scores, ids = topk(scores, exclude_ids=tf.identity(exclude_ids),
+                                   restrict_ids=tf.identity(restrict_ids))
+        k = tf.where(k > 0, k, topk.k)  # a prefix of the export's top k, best first
+        top_scores, ids = top_scores[:, :k], ids[:, :k]
+    names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
+    return {"label_ids": ids, "scores": top_scores, "labels": names}
+
+
 def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
                   candidate_buckets: int, label_names_path: str | None = None,
                   featurizer=None, excluded_classes=()):
@@ -115,19 +140,7 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
             bucket_scores(logits, config.loss, config.merge),
             message="the model's scores are not finite for this request (feature_values "
                     "too large for a model trained with feature_norm='none'?)")
-        if filters is None:
-            top_scores, ids = topk(scores)
-        else:
-            exclude_ids, restrict_ids, k = filters
-            checks = check_filters(exclude_ids, restrict_ids, k, tf.shape(feature_ids)[0],
-                                   config.num_classes, top_k)
-            with tf.control_dependencies(checks):
-                top_scores, ids = topk(scores, exclude_ids=tf.identity(exclude_ids),
-                                       restrict_ids=tf.identity(restrict_ids))
-            k = tf.where(k > 0, k, top_k)  # a prefix of the export's top k, best first
-            top_scores, ids = top_scores[:, :k], ids[:, :k]
-        names = table.lookup(ids) if table is not None else tf.strings.as_string(ids)
-        return {"label_ids": ids, "scores": top_scores, "labels": names}
+        return decoded_answer(topk, scores, table, filters)
 
     def serving_default(feature_ids, feature_values):
         return answer(feature_ids, feature_values)

@@ -63,7 +63,20 @@ def existing_versions(base: str) -> list[int]:
                   if re.fullmatch(r"\d+/?", v))
 
 
-def _read_label_names(path: str, num_classes: int, staging: str) -> str:
+def version_path(output: str, version: int | None = None) -> tuple[int, str]:
+    """``(version, output/version)``: the given version, or the next one after those
+    present; refused (:class:`ExportError`) when that directory already exists."""
+    versions = existing_versions(output)
+    following = (versions[-1] + 1) if versions else 1
+    version = following if version is None else version
+    final = os.path.join(output, str(version))
+    if tf.io.gfile.exists(final):
+        raise ExportError(f"{final} already exists; pick another --version or leave it out "
+                          f"to take the next one ({following})")
+    return version, final
+
+
+def read_label_names(path: str, num_classes: int, staging: str) -> str:
     """Checks a label-names file (one per line, K lines) and stages a clean copy."""
     if not tf.io.gfile.exists(path):
         raise ExportError(f"{path}: label names file not found")
@@ -141,13 +154,7 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
     if excluded.size >= config.num_classes:
         raise ExportError(f"all {config.num_classes} classes are excluded: nothing is left "
                           f"to return")
-    versions = existing_versions(output)
-    if version is None:
-        version = (versions[-1] + 1) if versions else 1
-    final = os.path.join(output, str(version))
-    if tf.io.gfile.exists(final):
-        raise ExportError(f"{final} already exists; pick another --version or leave it out "
-                          f"to take the next one ({(versions[-1] + 1) if versions else 1})")
+    version, final = version_path(output, version)
     featurizer = texts = None
     if config.text is not None:
         # Text models: the sample's features come from the Python reference featuriser, so
@@ -163,7 +170,7 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
     staging = tempfile.mkdtemp(prefix="mach-export-")
     try:
         with atomic.replacing(final, overwrite=False) as tmp:
-            names = _read_label_names(label_names, config.num_classes, staging) \
+            names = read_label_names(label_names, config.num_classes, staging) \
                 if label_names else None
             say("1", f"{config.num_repetitions} repetitions loaded, K={config.num_classes}, "
                 f"decoder={decoder}, top_k={top_k}; building the serving graph")

@@ -99,7 +99,7 @@ def sample_filters(ids: np.ndarray, num_classes: int, top_k: int, seed: int = 0)
             "top_k": np.int32(max(1, top_k - 1))}
 
 
-def _session_outputs(path: str, feeds_by_signature: dict) -> dict:
+def session_outputs(path: str, feeds_by_signature: dict) -> dict:
     """Signatures run the way TensorFlow Serving runs them: v1 loader, tensor names."""
     out = {}
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
@@ -176,7 +176,7 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     outputs = {k: {name: np.asarray(t) for name, t in v.items()} for k, v in outputs.items()}
     del loaded
     gc.collect()
-    for name, out in _session_outputs(path, session_feeds).items():
+    for name, out in session_outputs(path, session_feeds).items():
         outputs[f"{name} (v1 session loader)"] = out
         references[f"{name} (v1 session loader)"] = \
             filtered[1] if name.endswith(FILTERED) else expected

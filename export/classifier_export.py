@@ -35,13 +35,13 @@ from export.client import input_tensors
 from export.serving_protos import encode_prediction_log
 from export.signatures import FILTER_SPECS, FILTERED, SERVING_DEFAULT, decoded_answer, label_table
 from export.stitch import ExportResult, read_label_names, version_path
-from export.verification import ExportError, sample_filters, session_outputs
+from export.verification import ExportError, check_answers, sample_filters, session_outputs
 from mach_tf.classifier import MachClassifier
 from mach_tf.hashing import HashFamily
 from mach_tf.inference.decoder import (DECODERS, DEFAULT_CANDIDATE_BUCKETS, MergedTopK,
                                        resolve_decoder)
 from mach_tf.inference.evaluation import export_info_path
-from mach_tf.inference.reference import disagreeing_rows, filtered_topk_numpy
+from mach_tf.inference.reference import filtered_topk_numpy
 from mach_tf.model.network import bucket_scores
 from mach_tf.version import __version__
 from tfrecords_tools import atomic
@@ -224,26 +224,9 @@ def verify_classifier_export(path: str, final: str, model: MachClassifier, struc
                                      SERVING_DEFAULT + FILTERED: {**feeds, **filters}})
     for name, out in session.items():
         outputs[f"{name} (v1 session loader)"] = out
-    label_of = None
-    if names is not None:
-        with open(names, encoding="utf-8") as f:
-            label_of = np.asarray([line.rstrip("\n") for line in f] + [""], dtype=object)
     n = len(next(iter(feeds.values())))
-    for where, out in outputs.items():
-        ref_s, ref_i = expected_filtered if FILTERED in where else expected
-        bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
-        if bad:
-            raise ExportError(
-                f"{final}: {where} differs from the in-Python merged top-{ref_i.shape[1]} on "
-                f"{len(bad)} of {n} sample inputs (first: input {bad[0]}, "
-                f"{out['label_ids'][bad[0]].tolist()} vs {ref_i[bad[0]].tolist()}); the "
-                f"export was discarded")
-        ids = out["label_ids"]
-        want = label_of[ids] if label_of is not None else ids.astype(str)
-        got = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(out["labels"])
-        if not np.array_equal(got.astype(str), np.asarray(want).astype(str)):
-            raise ExportError(f"{final}: {where} returns labels that do not name its "
-                              f"label_ids; the export was discarded")
+    check_answers(final, outputs, {where: expected_filtered if FILTERED in where else expected
+                                   for where in outputs}, names, ("inputs", "input"))
     return n
 
 

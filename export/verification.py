@@ -117,6 +117,39 @@ def session_outputs(path: str, feeds_by_signature: dict) -> dict:
     return out
 
 
+def check_answers(final: str, outputs: dict, references: dict, names: str | None,
+                  what: tuple[str, str] = ("queries", "query"), describe=None) -> None:
+    """Each signature's answer (``outputs[where]``: ``label_ids``, ``scores``, ``labels``)
+    against its reference top-k (``references[where]``: ``(scores, ids)``), and its labels
+    against the names file.
+
+    Raises:
+        ExportError: naming the signature and loader that disagree, on how many of the
+            sample's ``what`` (plural, singular) and the first of them (``describe(i)``
+            adds its text).
+    """
+    label_of = None
+    if names is not None:
+        with open(names, encoding="utf-8") as f:
+            label_of = np.asarray([line.rstrip("\n") for line in f] + [""], dtype=object)
+    for where, out in outputs.items():
+        ref_s, ref_i = references[where]
+        bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
+        if bad:
+            query = describe(bad[0]) if describe is not None else ""
+            raise ExportError(
+                f"{final}: {where} differs from the in-Python merged top-{ref_i.shape[1]} "
+                f"on {len(bad)} of {len(ref_i)} sample {what[0]} (first: {what[1]} "
+                f"{bad[0]}{query}, {out['label_ids'][bad[0]].tolist()} vs "
+                f"{ref_i[bad[0]].tolist()}); the export was discarded")
+        ids = out["label_ids"]
+        want = label_of[ids] if label_of is not None else ids.astype(str)
+        got = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(out["labels"])
+        if not np.array_equal(got.astype(str), np.asarray(want).astype(str)):
+            raise ExportError(f"{final}: {where} returns labels that do not name its "
+                              f"label_ids; the export was discarded")
+
+
 def verify_export(path: str, final: str, sample: dict, expected, names: str | None,
                   texts: list[str] | None = None, filtered=None) -> int:
     """Checks the SavedModel at ``path`` against the reference top-k ``expected``.
@@ -180,24 +213,6 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
         outputs[f"{name} (v1 session loader)"] = out
         references[f"{name} (v1 session loader)"] = \
             filtered[1] if name.endswith(FILTERED) else expected
-    label_of = None
-    if names is not None:
-        with open(names, encoding="utf-8") as f:
-            label_of = np.asarray([line.rstrip("\n") for line in f] + [""], dtype=object)
-    for where, out in outputs.items():
-        ref_s, ref_i = references[where]
-        bad = disagreeing_rows(out["label_ids"], out["scores"], ref_i, ref_s)
-        if bad:
-            query = f" {texts[bad[0]]!r}" if texts is not None else ""
-            raise ExportError(
-                f"{final}: {where} differs from the in-Python merged top-{ref_i.shape[1]} "
-                f"on {len(bad)} of {n} sample queries (first: query {bad[0]}{query}, "
-                f"{out['label_ids'][bad[0]].tolist()} vs {ref_i[bad[0]].tolist()}); the "
-                f"export was discarded")
-        ids = out["label_ids"]
-        want = label_of[ids] if label_of is not None else ids.astype(str)
-        got = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(out["labels"])
-        if not np.array_equal(got.astype(str), np.asarray(want).astype(str)):
-            raise ExportError(f"{final}: {where} returns labels that do not name its "
-                              f"label_ids; the export was discarded")
+    check_answers(final, outputs, references, names, ("queries", "query"),
+                  (lambda i: f" {texts[i]!r}") if texts is not None else None)
     return n

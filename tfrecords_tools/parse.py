@@ -169,6 +169,27 @@ def _parse_value(tok: str, fid: str) -> float:
     return v
 
 
+def parse_label_list(text: str, num_labels: int | None = None) -> list[int]:
+    """The ids of a comma-separated label list (every format's label grammar).
+
+    Raises:
+        ValueError: for an empty or malformed id, one beyond ``num_labels``, or a repeat.
+    """
+    labels: list[int] = []
+    for tok in text.split(","):
+        if not tok:
+            raise ValueError(f"malformed label list {_show(text)}: empty label id")
+        if not tok.isascii():  # str.isdigit would take '٣' for 3
+            raise ValueError(f"malformed label id {_show(tok)}: expected a non-negative "
+                             f"integer (ASCII digits)")
+        labels.append(_parse_id(tok, "label", num_labels))
+    if len(set(labels)) != len(labels):
+        seen: set[int] = set()
+        dup = next(x for x in labels if x in seen or seen.add(x))
+        raise ValueError(f"duplicate label id {dup} in label list")
+    return labels
+
+
 def parse_line(text: str, num_features: int | None = None,
                num_labels: int | None = None) -> tuple[list[int], list[int], list[float]]:
     """Parses one data line (without its line end).
@@ -192,16 +213,7 @@ def parse_line(text: str, num_features: int | None = None,
         label_tok, feat_toks = None, tokens
     else:
         label_tok, feat_toks = tokens[0], tokens[1:]
-    labels: list[int] = []
-    if label_tok is not None:
-        for tok in label_tok.split(","):
-            if not tok:
-                raise ValueError(f"malformed label list {_show(label_tok)}: empty label id")
-            labels.append(_parse_id(tok, "label", num_labels))
-        if len(set(labels)) != len(labels):
-            seen: set[int] = set()
-            dup = next(x for x in labels if x in seen or seen.add(x))
-            raise ValueError(f"duplicate label id {dup} in label list")
+    labels = parse_label_list(label_tok, num_labels) if label_tok is not None else []
     ids: list[int] = []
     values: list[float] = []
     for tok in feat_toks:

@@ -28,7 +28,7 @@ import re
 from typing import Iterator
 
 from tfrecords_tools.parse import (MAX_LINE_BYTES, DataFormatError, SparseReader, _describe_char,
-                                   _parse_id, _show)
+                                   parse_label_list)
 
 # Control characters other than tab (C0, DEL, C1) and the surrogate escapes that stand for
 # bytes that are not UTF-8.
@@ -80,19 +80,7 @@ def parse_text_line(line: str, num_labels: int | None = None) -> tuple[list[int]
         raise ValueError(f"a second tab at column {len(label_part) + 2 + text.index(chr(9))}: "
                          f"expected 'labels<TAB>text' with no tab inside the text (a file "
                          f"with more columns needs them removed first)")
-    labels: list[int] = []
-    if label_part:
-        for tok in label_part.split(","):
-            if not tok:
-                raise ValueError(f"malformed label list {_show(label_part)}: empty label id")
-            if not tok.isascii():  # str.isdigit would take '٣' for 3
-                raise ValueError(f"malformed label id {_show(tok)}: expected a non-negative "
-                                 f"integer (ASCII digits)")
-            labels.append(_parse_id(tok, "label", num_labels))
-        if len(set(labels)) != len(labels):
-            seen: set[int] = set()
-            dup = next(x for x in labels if x in seen or seen.add(x))
-            raise ValueError(f"duplicate label id {dup} in label list")
+    labels = parse_label_list(label_part, num_labels) if label_part else []
     text = text.strip(" ")
     if not text.strip():
         raise ValueError("empty text after the tab: expected 'labels<TAB>text'")

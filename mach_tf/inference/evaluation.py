@@ -174,12 +174,13 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
                              "the run directory to evaluate fewer")
         path = resolve_export(model)
         info = export_info_path(path)
-        num_classes = Manifest.load(test).num_labels
+        manifest = Manifest.load(test)
+        num_classes = manifest.num_labels
         if tf.io.gfile.exists(info):  # the run config the export was made from
             export_config = MachConfig.from_dict(rundir.read_json(info)["config"])
             check_data(export_config, test, "test")
             num_classes = export_config.num_classes
-        text = Manifest.load(test).text  # raw text goes to predict_text as strings
+        text = manifest.text  # raw text goes to predict_text as strings
         loaded = tf.saved_model.load(path)
         name = "predict_text" if text else "serving_default"
         excluded = excluded_set(exclude_classes, num_classes)

@@ -16,6 +16,7 @@ a Ray task starts each group from the same weights, and a rerun after a crash re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable
@@ -45,6 +46,8 @@ DEFAULT_LEARNING_RATE_FACTOR = 3.0
 DATA = os.path.join("extension", "train")
 #: The new classes' names as text-format training lines (``class_text``).
 CLASS_TEXT = os.path.join("extension", "class_text")
+#: The examples held out of the mixed data for the merged validation (no class name).
+VALID = os.path.join("extension", "valid")
 
 
 def _check_source(run: str, num_classes: int):
@@ -91,34 +94,57 @@ def _records(m: Manifest):
 
 
 def mix(prefix: str, news: list[Manifest], old: Manifest | None, replay_ratio: float,
-        seed: int, num_classes: int, num_shards: int = 1) -> Manifest:
-    """Writes the new examples (of every dataset in ``news``) and a replayed sample of the
-    old ones (``replay_ratio`` old per new, at most all of them), in a random interleaving,
-    as a converted dataset of ``num_classes`` labels. Records are copied as they are."""
+        seed: int, num_classes: int, num_shards: int = 1, names: Manifest | None = None,
+        holdout: float = 0.0, valid_prefix: str | None = None) -> Manifest:
+    """Writes the new examples (of every dataset in ``news``, then the class names of
+    ``names``) and a replayed sample of the old ones (``replay_ratio`` old per new, at most
+    all of them), in a random interleaving, as a converted dataset of ``num_classes``
+    labels. Records are copied as they are.
+
+    With ``holdout > 0``, each example and each replayed one goes to ``valid_prefix``
+    instead with that probability (seeded); a class name never does: it may be the only
+    line of its class, and held out it would leave the class untrained. The training
+    manifest, written last, records how many were held out (``source.held_out``).
+    """
     rng = np.random.default_rng(seed)
-    n_new = sum(m.num_examples for m in news)
+    sources = news + ([names] if names is not None else [])
+    n_new = sum(m.num_examples for m in sources)
     n_old = 0 if old is None else min(old.num_examples, int(round(replay_ratio * n_new)))
     keep = np.zeros(0 if old is None else old.num_examples, bool)
     if n_old:
         keep[rng.choice(old.num_examples, n_old, replace=False)] = True
-    olds = (raw for i, raw in enumerate(_records(old).as_numpy_iterator()) if keep[i]) \
-        if n_old else iter(())
-    fresh = (raw for m in news for raw in _records(m).as_numpy_iterator())
+    olds = ((raw, True) for i, raw in enumerate(_records(old).as_numpy_iterator())
+            if keep[i]) if n_old else iter(())
+    fresh = ((raw, m is not names) for m in sources
+             for raw in _records(m).as_numpy_iterator())
     left = {"new": n_new, "old": n_old}
-    with ShardedWriter(prefix, num_shards) as writer:
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(ShardedWriter(prefix, num_shards))
+        held = stack.enter_context(ShardedWriter(valid_prefix, 1)) if valid_prefix else None
         while left["new"] or left["old"]:
             pick = "new" if rng.random() * (left["new"] + left["old"]) < left["new"] else "old"
-            writer.write(next(fresh if pick == "new" else olds))
+            raw, may_hold_out = next(fresh if pick == "new" else olds)
+            if held is not None and may_hold_out and rng.random() < holdout:
+                held.write(raw)
+            else:
+                writer.write(raw)
             left[pick] -= 1
-    m = Manifest(num_examples=n_new + n_old,
-                 num_features=max(m.num_features for m in news), num_labels=num_classes,
-                 text=news[0].text, shards=list(writer.names),
-                 shard_counts=list(writer.counts), shard_bytes=list(writer.sizes),
-                 compression=writer.compression, format_version=FORMAT_VERSION,
-                 source={"format": "extension", "new": [m.prefix for m in news],
-                         "replay": old.prefix if old is not None else None,
-                         "replayed": n_old},
-                 lines_read=n_new + n_old)
+    n_held = 0 if held is None else held.counts[0]
+    source = {"format": "extension", "new": [m.prefix for m in news],
+              "names": names.prefix if names is not None else None,
+              "replay": old.prefix if old is not None else None, "replayed": n_old}
+
+    def manifest(w, n, source):
+        return Manifest(num_examples=n, num_features=max(m.num_features for m in sources),
+                        num_labels=num_classes, text=sources[0].text, shards=list(w.names),
+                        shard_counts=list(w.counts), shard_bytes=list(w.sizes),
+                        compression=w.compression, format_version=FORMAT_VERSION,
+                        source=source, lines_read=n)
+
+    if held is not None:
+        atomic.write_json(manifest_path(valid_prefix),
+                          manifest(held, n_held, source | {"held_out_of": prefix}).to_dict())
+    m = manifest(writer, n_new + n_old - n_held, source | {"held_out": n_held})
     atomic.write_json(manifest_path(prefix), m.to_dict())
     return m
 
@@ -222,15 +248,29 @@ def extend(model_dir: str, output_run: str, num_classes: int, train_data: str | 
         atomic.write_json(path, record)
     _copy_learned_inputs(model_dir, output_run, source)
     data = os.path.join(output_run, DATA)
+    # Without separate validation data, the merged validation holds out a share of the
+    # mixed examples, never a class name (see mix).
+    carve = valid is None and source.validation_fraction > 0
     if not tf.io.gfile.exists(manifest_path(data)):
+        names = None
         if class_text is not None:  # the names as training lines, checked like any text
-            news.append(convert(class_text, os.path.join(output_run, CLASS_TEXT), "text",
-                                num_labels=num_classes))
-        m = mix(data, news, old, replay_ratio, seed, num_classes)
-        n_new = sum(x.num_examples for x in news)
-        log(f"extend: {n_new} new examples and {m.num_examples - n_new} replayed from "
-            f"{replay} written to {data}")
+            names = convert(class_text, os.path.join(output_run, CLASS_TEXT), "text",
+                            num_labels=num_classes)
+        m = mix(data, news, old, replay_ratio, seed, num_classes, names=names,
+                holdout=source.validation_fraction if carve else 0.0,
+                valid_prefix=os.path.join(output_run, VALID) if carve else None)
+        n_new = sum(x.num_examples for x in news) + (names.num_examples if names else 0)
+        log(f"extend: {n_new} new examples and {m.source['replayed']} replayed from "
+            f"{replay}; {m.num_examples} to train on in {data}"
+            + (f", {m.source['held_out']} held out for validation" if carve else ""))
     changes = {"num_classes": int(num_classes)}
+    if carve:
+        if Manifest.load(data).source.get("held_out", 0):
+            valid = os.path.join(output_run, VALID)
+        else:  # too few examples to hold any out: train the fixed epochs, unvalidated
+            changes["validation_fraction"] = 0.0
+            log("extend: too few examples to hold any out for validation; training "
+                "without merged validation (no early stopping)")
     if epochs is not None:
         changes["epochs"] = int(epochs)
     changes["learning_rate"] = float(learning_rate) if learning_rate is not None else \

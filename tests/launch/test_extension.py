@@ -76,7 +76,13 @@ def test_extension_adds_classes_and_leaves_the_source_alone(catalogue, tmp_path)
     # The mixed data: every new example and as many replayed old ones.
     mixed = json.load(open(os.path.join(out, "extension", "train.manifest.json")))
     new_n = json.load(open(catalogue["new"] + ".manifest.json"))["num_examples"]
-    assert mixed["num_examples"] == 2 * new_n and mixed["num_labels"] == K2
+    held = json.load(open(os.path.join(out, "extension", "valid.manifest.json")))
+    assert mixed["num_labels"] == K2 and mixed["source"]["replayed"] == new_n
+    # a share of them held out for the merged validation, the rest trained on
+    assert held["num_examples"] == mixed["source"]["held_out"] > 0
+    assert mixed["num_examples"] + held["num_examples"] == 2 * new_n
+    assert rundir.read_json(rundir.validation_path(out))["valid"].endswith(
+        os.path.join("extension", "valid"))
     # New classes are found; old ones still are.
     new_p1 = evaluate(out, catalogue["new_test"])["p@1"]
     base_old = evaluate(catalogue["run"], catalogue["old_test"])["p@1"]

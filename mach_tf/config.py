@@ -327,7 +327,7 @@ class MachConfig:
     precision: str = "float32"
     batch_size: int = 256
     epochs: int = 30
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 2
     early_stopping_metric: str = "ndcg@5"
     validation_fraction: float = 0.1
     validation_max_examples: int = 5000

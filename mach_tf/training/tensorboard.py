@@ -35,7 +35,7 @@ from mach_tf.config import MachConfig
 from mach_tf.data import bucket_targets
 from mach_tf.model.losses import bucket_loss
 from mach_tf.text.statistics import load_featurizer
-from mach_tf.training.callbacks import PREFIX, MergedValidation
+from mach_tf.training.callbacks import PREFIX, TRACE_MIN_CALLS, MergedValidation
 from mach_tf.training.validation import DataSplit, load_sample, sample_budget
 
 MERGED_TAGS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
@@ -73,37 +73,60 @@ class _Writers:
         self._open = {}
 
 
+def _repetition_stats(model, config: MachConfig, repetitions: Sequence[int]):
+    """``f(inputs, label_values, label_lengths) -> (loss sum [G], hits [G], labelled [G])``
+    of one batch: summed training loss, points whose top bucket holds a label, points
+    with a label."""
+    g_count = len(repetitions)
+
+    def stats(inputs, values, lengths):
+        targets = bucket_targets(tf.RaggedTensor.from_row_lengths(values, lengths), config,
+                                 repetitions)  # [batch, G, L]
+        logits = model(inputs, training=False)
+        loss = tf.stack([tf.reduce_sum(bucket_loss(targets[:, g:g + 1], logits[:, g:g + 1],
+                                                   config.loss)) for g in range(g_count)])
+        top = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
+        has = tf.reduce_any(targets >= 0, axis=-1)
+        hit = tf.reduce_any(tf.equal(targets, top), axis=-1) & has
+        return (loss, tf.reduce_sum(tf.cast(hit, tf.float32), axis=0),
+                tf.reduce_sum(tf.cast(has, tf.float32), axis=0))
+
+    return stats
+
+
 def validation_by_repetition(model, config: MachConfig, repetitions: Sequence[int],
-                             sample) -> tuple[np.ndarray, np.ndarray]:
+                             sample, stats=None) -> tuple[np.ndarray, np.ndarray]:
     """``(loss [G], bucket_acc [G])`` of each repetition of ``model`` on a validation sample.
 
     The loss is the training loss (:func:`mach_tf.model.losses.bucket_loss`, averaged over
     all points); the accuracy the share of labelled points whose top bucket holds one of
-    their labels, as the compiled metrics measure them in training.
+    their labels, as the compiled metrics measure them in training. ``stats``: the batch
+    function of :func:`traced_repetition_stats` (default: run eagerly).
     """
+    stats = stats or _repetition_stats(model, config, repetitions)
     g_count = len(repetitions)
-    loss = np.zeros(g_count)
-    hits = np.zeros(g_count)
-    labelled = np.zeros(g_count)
+    loss, hits, labelled = np.zeros(g_count), np.zeros(g_count), np.zeros(g_count)
     n = 0
     for inputs, labels in sample.batches:
-        lengths = [len(y) for y in labels]
-        ragged = tf.RaggedTensor.from_row_lengths(
-            tf.constant([v for y in labels for v in y], tf.int64),
-            tf.constant(lengths, tf.int64))
-        targets = bucket_targets(ragged, config, repetitions)  # [batch, G, L]
-        logits = model(inputs, training=False)
-        for g in range(g_count):
-            loss[g] += float(tf.reduce_sum(bucket_loss(targets[:, g:g + 1],
-                                                       logits[:, g:g + 1], config.loss)))
-        top = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
-        has = tf.reduce_any(targets >= 0, axis=-1)
-        hit = tf.reduce_any(tf.equal(targets, top), axis=-1) & has
-        hits += tf.reduce_sum(tf.cast(hit, tf.float64), axis=0).numpy()
-        labelled += tf.reduce_sum(tf.cast(has, tf.float64), axis=0).numpy()
+        values = tf.constant([v for y in labels for v in y], tf.int64)
+        lengths = tf.constant([len(y) for y in labels], tf.int64)
+        parts = stats({k: tf.convert_to_tensor(v) for k, v in inputs.items()}, values,
+                      lengths)
+        loss, hits, labelled = (x + p.numpy() for x, p in zip((loss, hits, labelled), parts))
         n += len(labels)
     return loss / max(n, 1), np.divide(hits, labelled, out=np.zeros(g_count),
                                        where=labelled > 0)
+
+
+def traced_repetition_stats(model, config: MachConfig, repetitions: Sequence[int], sample):
+    """The batch function of :func:`validation_by_repetition` traced once for every batch
+    size and padded width of ``sample`` (an input signature of unknown dimensions)."""
+    inputs = sample.batches[0][0]
+    spec = {k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
+            for k, v in inputs.items()}
+    vector = tf.TensorSpec([None], tf.int64)
+    return tf.function(_repetition_stats(model, config, repetitions),
+                       input_signature=[spec, vector, vector])
 
 
 class RepetitionScalars(keras.callbacks.Callback):
@@ -125,6 +148,23 @@ class RepetitionScalars(keras.callbacks.Callback):
         self.repetitions = list(repetitions)
         self.sample = sample
         self._writers = _Writers()
+        self._stats = None
+
+    def set_model(self, model):
+        if model is not getattr(self, "_model", None):
+            self._stats = None  # a trace holds the model it was made with
+        super().set_model(model)
+
+    def _stats_fn(self):
+        """Traced once per group when the fit scores the sample often enough to pay for
+        the trace (as :class:`MergedValidation` decides), else eager."""
+        if self._stats is None:
+            calls = len(self.sample.batches) * int((self.params or {}).get("epochs") or 1)
+            self._stats = traced_repetition_stats(
+                self.model, self.config, self.repetitions, self.sample) \
+                if calls >= TRACE_MIN_CALLS else \
+                _repetition_stats(self.model, self.config, self.repetitions)
+        return self._stats
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -132,7 +172,7 @@ class RepetitionScalars(keras.callbacks.Callback):
         val = None
         if self.sample is not None:
             val = validation_by_repetition(self.model, self.config, self.repetitions,
-                                           self.sample)
+                                           self.sample, self._stats_fn())
         for g, r in enumerate(self.repetitions):
             values = {
                 "train/loss": logs.get("loss" if single else f"rep_{r:03d}_loss"),

@@ -245,3 +245,25 @@ def test_scheduler_workers_write_the_run_summary_once(tmp_path, tiny_data, tiny_
     # Any later worker (a retried task, a rerun) leaves it alone.
     assert summarize_if_complete(run, config, 0, log=lambda m: None) is None
     assert scalars(logdir) == merged
+
+
+def test_validation_scalars_are_the_kept_weights_loss(tiny_run, tiny_config):
+    """The traced per-repetition validation gives the eager numbers, and the scalars
+    logged at each repetition's kept epoch are its saved weights' loss and accuracy."""
+    from mach_tf.training.tensorboard import traced_repetition_stats, validation_by_repetition
+    from mach_tf.training.validation import DataSplit, load_sample, sample_budget
+
+    split = DataSplit.from_dict(rundir.read_json(rundir.validation_path(tiny_run)))
+    sample = load_sample(split, sample_budget(tiny_config), batch_size=40)
+    assert len(sample.batches) > 1  # batches of different widths share one trace
+    config, stacked = rundir.load_all(tiny_run)
+    reps = list(range(config.num_repetitions))
+    eager = validation_by_repetition(stacked, config, reps, sample)
+    traced = validation_by_repetition(stacked, config, reps, sample,
+                                      traced_repetition_stats(stacked, config, reps, sample))
+    np.testing.assert_allclose(traced, eager, rtol=1e-5)
+    for r in reps:
+        kept = rundir.completion(tiny_run, r)["best_epoch"]
+        tags = scalars(os.path.join(tiny_run, "logs", f"rep-{r:03d}"))
+        assert tags["validation/loss"][kept] == pytest.approx(eager[0][r], rel=1e-4)
+        assert tags["validation/bucket_acc"][kept] == pytest.approx(eager[1][r], abs=1e-6)

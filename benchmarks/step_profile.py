@@ -9,6 +9,8 @@ In one run:
 * ``fit_step_ms``: ``model.fit``'s median step with the default optimizer (``adam``: lazy
   rows for the sparse input kernel) and ``fit_step_dense_adam_ms`` with Keras' dense Adam
   (``adam_dense``), measured in alternating rounds; ``lazy_adam_speedup`` is their ratio;
+  ``fit_step_rowwise_ms`` the same with ``adam_rowwise`` (the gathered input kernel by
+  row-wise Adagrad), ``rowwise_speedup`` its ratio to ``adam``;
 * the step's parts, each a ``tf.function`` timed alone (median): ``forward_ms`` (the
   network), ``loss_ms`` (forward plus the bucket loss, minus forward), ``backward_ms``
   (gradients, minus forward and loss), ``update_input_ms`` / ``update_dense_ms`` (the
@@ -265,16 +267,18 @@ def main(argv=None) -> dict:
     batch = synthetic_batch(config, group, args.batch_size, args.seed)
     peak = matmul_peak_gflops()
     models = {}
-    for opt in ("adam", "adam_dense"):
+    optimizers = ("adam", "adam_rowwise", "adam_dense")
+    for opt in optimizers:
         keras.utils.set_random_seed(args.seed)
         models[opt] = compile_model(build_model(config.replace(optimizer=opt), group),
                                     config.replace(optimizer=opt))
-    steps = {"adam": [], "adam_dense": []}
+    steps = {opt: [] for opt in optimizers}
     for r in range(args.rounds):
-        for opt in ("adam", "adam_dense") if r % 2 == 0 else ("adam_dense", "adam"):
+        for opt in optimizers if r % 2 == 0 else optimizers[::-1]:
             steps[opt].append(fit_step_seconds(models[opt], batch, args.steps))
             _say(args, f"round {r + 1}: {opt} {1000 * steps[opt][-1]:.1f} ms/step")
     fit_s = float(np.min(steps["adam"]))
+    rowwise_s = float(np.min(steps["adam_rowwise"]))
     dense_s = float(np.min(steps["adam_dense"]))
     parts = part_times(models["adam"], batch)
     flops = dense_flops_per_step(config, args.batch_size, len(group))
@@ -286,6 +290,8 @@ def main(argv=None) -> dict:
            "fit_step_ms": round(1000 * fit_s, 2),
            "fit_step_dense_adam_ms": round(1000 * dense_s, 2),
            "lazy_adam_speedup": round(dense_s / fit_s, 2),
+           "fit_step_rowwise_ms": round(1000 * rowwise_s, 2),
+           "rowwise_speedup": round(fit_s / rowwise_s, 2),
            **{k: round(v, 2) for k, v in parts.items()},
            "matmul_peak_gflops": round(peak, 1),
            "dense_gflop_per_step": round(flops / 1e9, 3),

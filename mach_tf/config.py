@@ -31,7 +31,7 @@ LOSSES = ("softmax", "sigmoid")
 MERGES = ("prob", "logprob")
 FEATURE_NORMS = ("none", "l2")
 FEATURE_WEIGHTINGS = ("none", "idf")
-OPTIMIZERS = ("adam", "adam_dense", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adam_rowwise", "adam_dense", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 PRECISIONS = ("float32", "mixed_bfloat16")
 #: Metrics the merged validation computes (cut-offs 1, 3, 5); any can drive early stopping.
@@ -274,9 +274,14 @@ class MachConfig:
         optimizer: ``"adam"`` (:class:`mach_tf.optimizers.SparseAdam`: Adam whose
             update of the sparse input kernel above ``DENSE_INPUT_MAX_FEATURES`` features
             is lazy, i.e. touches only the rows of the batch's features; exactly Adam
-            otherwise), ``"adam_dense"`` (Keras' Adam: every row of every kernel updated
-            every step), ``"adamw"`` or ``"sgd"``.
+            otherwise), ``"adam_rowwise"`` (the same, but that kernel updated by
+            row-wise Adagrad: one accumulator per feature row, a third of the memory
+            traffic and no per-element optimizer state; see
+            :mod:`mach_tf.model.optimizers`), ``"adam_dense"`` (Keras' Adam: every row of
+            every kernel updated every step), ``"adamw"`` or ``"sgd"``.
         learning_rate: Peak learning rate.
+        row_wise_lr_factor: With ``optimizer="adam_rowwise"``, the row-wise Adagrad rate
+            of the gathered input kernel as a multiple of ``learning_rate``.
         lr_schedule: ``"constant"``; ``"plateau"`` halves the rate when the merged
             validation metric has not improved for 2 epochs; ``"cosine"`` decays it to 0
             over ``epochs``.
@@ -323,6 +328,7 @@ class MachConfig:
     merge: str = "logprob"
     optimizer: str = "adam"
     learning_rate: float = 3e-3
+    row_wise_lr_factor: float = 10.0
     lr_schedule: str = "constant"
     precision: str = "float32"
     batch_size: int = 256
@@ -395,6 +401,8 @@ class MachConfig:
                 bad(field, f"must be one of {allowed}, got {getattr(self, field)!r}")
         if self.learning_rate <= 0:
             bad("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.row_wise_lr_factor <= 0:
+            bad("row_wise_lr_factor", f"must be > 0, got {self.row_wise_lr_factor}")
         if self.batch_size < 1 or self.epochs < 1 or self.group_size < 1:
             bad("batch_size/epochs/group_size", "must be >= 1")
         if self.early_stopping_patience < 0:

@@ -19,6 +19,10 @@ import tensorflow as tf
 #: GEMM's cost grows with D, the gather's with the non-zeros). Measured on 2 CPU cores, the
 #: GEMM is faster up to D of about 100x the non-zeros per example (benchmarks/RESULTS.md).
 DENSE_INPUT_MAX_FEATURES = 8192
+#: The attribute that marks a kernel whose gradient arrives as rows (``tf.IndexedSlices``):
+#: the gathered input kernel above ``DENSE_INPUT_MAX_FEATURES``. Optimizers that know it
+#: may keep per-row state for it (:class:`mach_tf.model.optimizers.SparseAdam`).
+ROW_SPARSE = "mach_row_sparse"
 
 
 def _block_init(initializer, seeds, block_shape, axis):
@@ -101,6 +105,7 @@ class SparseDense(keras.layers.Layer):
             name="kernel", shape=(self.input_dim, self.groups * self.units),
             initializer=_block_init(self.kernel_initializer, self.seeds,
                                     (self.input_dim, self.units), axis=1))
+        setattr(self.kernel, ROW_SPARSE, self.input_dim > DENSE_INPUT_MAX_FEATURES)
         self.bias = self.add_weight(name="bias", shape=(self.groups * self.units,),
                                     initializer="zeros")
         self.feature_weights = None

@@ -111,3 +111,83 @@ def test_lazy_adam_trains_like_dense_adam():
         results["adam_dense"]
     assert lazy_loss < 0.05 * first and dense_loss < 0.05 * first
     assert lazy_acc >= 0.98 and dense_acc >= 0.98
+
+
+def _numpy_rowwise_adagrad(w, steps, lr):
+    """Reference row-wise Adagrad: one accumulator per row, the row's mean squared
+    (summed) gradient added to it, the row moved by ``lr * g / sqrt(acc)``."""
+    w, acc = w.copy(), np.zeros(w.shape[0])
+    for rows, grads in steps:
+        g = np.zeros_like(w)
+        np.add.at(g, rows, grads)
+        touched = np.unique(rows)
+        acc[touched] += np.mean(g[touched] ** 2, axis=1)
+        w[touched] -= lr * g[touched] / np.sqrt(acc[touched] + 1e-10)[:, None]
+    return w, acc
+
+
+def test_row_wise_kernel_takes_row_wise_adagrad_and_the_rest_adam():
+    from mach_tf.model.layers import ROW_SPARSE
+
+    rng = np.random.default_rng(4)
+    w0 = rng.normal(size=(8, 3)).astype(np.float32)
+    d0 = rng.normal(size=(4, 3)).astype(np.float32)
+    steps = [(np.array([1, 4, 1]), rng.normal(size=(3, 3)).astype(np.float32)),
+             (np.array([4, 6]), rng.normal(size=(2, 3)).astype(np.float32)),
+             (np.array([1]), rng.normal(size=(1, 3)).astype(np.float32))]
+    dense_grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in steps]
+    w, other = keras.Variable(w0), keras.Variable(d0)
+    setattr(w, ROW_SPARSE, True)
+    opt = SparseAdam(0.01, row_wise=True, row_wise_factor=3.0)
+    ref = keras.Variable(d0)
+    adam = keras.optimizers.Adam(0.01)
+    for (rows, g), dg in zip(steps, dense_grads):
+        opt.apply_gradients([(tf.IndexedSlices(tf.constant(g), tf.constant(rows),
+                                               tf.constant(w0.shape, tf.int64)), w),
+                             (tf.constant(dg), other)])
+        adam.apply_gradients([(tf.constant(dg), ref)])
+    want, acc = _numpy_rowwise_adagrad(w0, steps, lr=0.03)
+    np.testing.assert_allclose(np.asarray(w), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(w)[[0, 2, 3, 5, 7]], w0[[0, 2, 3, 5, 7]])
+    np.testing.assert_allclose(np.asarray(other), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    # the row-wise kernel's whole optimizer state: one number per row
+    state = [v for v in opt.variables if v.name == "row_accumulator"]
+    assert len(state) == 1 and tuple(state[0].shape) == (8,)
+    np.testing.assert_allclose(np.asarray(state[0]), acc, rtol=1e-5)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert (again.row_wise, again.row_wise_factor) == (True, 3.0)
+
+
+def test_row_wise_optimizer_fits_and_its_checkpoint_restores(tmp_path):
+    """A sparse input layer above the dense-GEMM threshold trained with "adam_rowwise":
+    it learns, its input kernel carries no moment slots, and weights plus optimizer state
+    saved and loaded into a new model continue to the same next step."""
+    d = DENSE_INPUT_MAX_FEATURES + 1000
+    rng = np.random.default_rng(2)
+    n, nnz, k = 512, 6, 20
+    labels = rng.integers(0, k, n)
+    ids = (labels[:, None] * 30 + rng.integers(0, 30, (n, nnz)) + 17 * 30) % d
+    x = {"feature_ids": ids.astype(np.int64),
+         "feature_values": np.ones((n, nnz), np.float32)}
+    config = MachConfig.from_data(k, d, num_buckets=8, num_repetitions=2, hidden_units=[16],
+                                  dropout=0.0, seed=3, optimizer="adam_rowwise",
+                                  learning_rate=0.02)
+    y = np.stack([config.hash_family.buckets_np(labels, [r])[0] for r in (0, 1)],
+                 axis=1)[..., None].astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(config, [0, 1]), config)
+    assert model.optimizer.row_wise
+    hist = model.fit(x, y, batch_size=64, epochs=6, shuffle=False, verbose=0).history
+    assert hist["loss"][-1] < 0.05 * hist["loss"][0] and hist["bucket_acc"][-1] >= 0.98
+    sizes = sorted(int(np.prod(v.shape)) for v in model.optimizer.variables)
+    assert d * 2 * 16 not in sizes and d in sizes  # no [D, G*H] slot, one [D] accumulator
+    path = str(tmp_path / "ckpt.weights.h5")
+    model.save_weights(path)
+    other = compile_model(build_model(config, [0, 1]), config)
+    other.optimizer.build(other.trainable_variables)
+    other.load_weights(path)
+    batch = ({k: v[:64] for k, v in x.items()}, y[:64])
+    model.train_on_batch(*batch)
+    other.train_on_batch(*batch)
+    for a, b in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -50,7 +50,8 @@ import tensorflow as tf
 
 from mach_tf.config import MachConfig
 from mach_tf.errors import RunDirError
-from mach_tf.model.network import MachModel, repetition_seed, stack
+from mach_tf.model.network import (MachModel, add_bucket_prior, bucket_prior,
+                                   repetition_seed, stack)
 from tfrecords_tools import atomic
 
 CONFIG = "config.json"
@@ -331,8 +332,14 @@ def in_progress(run: str) -> set[int]:
     return {r for g in groups_in_progress(run) for r in g}
 
 
+#: Config fields that only change how trained repetitions are served, never how they are
+#: trained: a repetition trained under another value is still this run's.
+INFERENCE_FIELDS = ("popularity_penalty",)
+
+
 def _config_differences(theirs: dict, ours: dict) -> list[str]:
-    """Human-readable differences between a repetition's recorded config and the run's.
+    """Human-readable differences between a repetition's recorded config and the run's
+    (the :data:`INFERENCE_FIELDS` aside).
 
     A config recorded before a field was added reads as having that field's default."""
     try:
@@ -341,7 +348,8 @@ def _config_differences(theirs: dict, ours: dict) -> list[str]:
         pass  # not a valid config: compare what it says
     out = [f"{key} {theirs.get(key)!r} (this run: {ours.get(key)!r})"
            for key in sorted(set(theirs) | set(ours))
-           if key != "hashing" and theirs.get(key) != ours.get(key)]
+           if key != "hashing" and key not in INFERENCE_FIELDS
+           and theirs.get(key) != ours.get(key)]
     if theirs.get("hashing") != ours.get("hashing"):
         out.append("hash coefficients differ (hashing in config.json)")
     return out
@@ -373,8 +381,12 @@ def _check_repetition(r: int, config: MachConfig, model, marker: dict) -> list[s
     return problems
 
 
-def load_repetitions(run: str, repetitions=None):
+def load_repetitions(run: str, repetitions=None, served: bool = True):
     """``(config, models)``: the run's config and its single-repetition models, checked.
+
+    ``served``: the models as inference uses them, with the config's popularity penalty
+    (:func:`mach_tf.model.network.bucket_prior`, from ``label_counts.npy``) in their output
+    bias; ``False``: as trained.
 
     Raises:
         RunDirError: naming the repetitions that are missing (never trained), unfinished
@@ -412,16 +424,24 @@ def load_repetitions(run: str, repetitions=None):
             raise RunDirError(f"{rep_dir(run, r)}: repetition {r} was not trained for this "
                               f"run ({config_path(run)}): " + "; ".join(problems))
         models.append(m)
+    prior = bucket_prior(config, load_label_counts(run)) if served else None
+    if config.popularity_penalty and served and prior is None:
+        raise RunDirError(f"{run}: the config's popularity penalty needs the training label "
+                          f"counts ({label_counts_path(run)}), which are missing")
+    if prior is not None:
+        for m in models:
+            add_bucket_prior(m, prior)
     return config, models
 
 
-def load_all(run: str, repetitions=None):
-    """``(config, model)`` with every repetition of the run stacked into one model.
+def load_all(run: str, repetitions=None, served: bool = True):
+    """``(config, model)`` with every repetition of the run stacked into one model
+    (``served`` as in :func:`load_repetitions`).
 
     Raises:
         RunDirError: as :func:`load_repetitions`.
     """
-    config, models = load_repetitions(run, repetitions)
+    config, models = load_repetitions(run, repetitions, served)
     return config, stack(models)
 
 

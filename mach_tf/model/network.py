@@ -223,6 +223,39 @@ def stack(models: Sequence[MachModel]) -> MachModel:
     return out
 
 
+#: Added to every class's label count before the bucket frequencies are taken (so a class
+#: never seen in training still counts a little).
+PRIOR_SMOOTHING = 0.5
+
+
+def bucket_prior(config: MachConfig, label_counts) -> np.ndarray | None:
+    """``[R, B]`` float32: ``-popularity_penalty * log Pi_r(b)``, ``Pi_r(b)`` the share of
+    the training labels (counts smoothed by :data:`PRIOR_SMOOTHING`) whose class falls in
+    bucket ``b`` of repetition ``r``; ``None`` when the penalty is 0 or the counts are
+    unknown."""
+    if not config.popularity_penalty or label_counts is None:
+        return None
+    counts = np.asarray(label_counts, np.float64)
+    if counts.shape != (config.num_classes,):
+        raise ValueError(f"label counts for {counts.shape[0]} classes, the config has "
+                         f"{config.num_classes}")
+    share = (counts + PRIOR_SMOOTHING) / (counts.sum() + PRIOR_SMOOTHING * counts.size)
+    table = config.hash_family.table(config.num_classes)
+    freq = np.stack([np.bincount(row, weights=share, minlength=config.num_buckets)
+                     for row in table])
+    return (-config.popularity_penalty * np.log(np.maximum(freq, 1e-30))).astype(np.float32)
+
+
+def add_bucket_prior(model: MachModel, prior: np.ndarray) -> None:
+    """Adds each repetition's row of :func:`bucket_prior` to its output bias. With the
+    softmax loss and the ``logprob`` merge this adds the row to the bucket scores, up to a
+    constant per example and repetition that does not change any ranking."""
+    layer = model.output_layer if model.output_layer is not None else model.sparse_input
+    rows = np.asarray(prior)[model.repetitions]  # [G, B]
+    bias = np.asarray(layer.bias)
+    layer.bias.assign((bias + rows.reshape(bias.shape)).astype(bias.dtype))
+
+
 def bucket_scores(logits, loss: str = "softmax", merge: str = "prob"):
     """Turns logits ``[..., B]`` into the per-bucket scores that are averaged over R.
 

@@ -90,7 +90,7 @@ def completed_scores(run: str, config: MachConfig, sample: ValidationSample,
     scores = cache.setdefault("scores", {})
     missing = [r for r in done if r not in scores]
     if missing:
-        _, stacked = rundir.load_all(run, missing)
+        _, stacked = rundir.load_all(run, missing, served=False)  # as the group trains
         fresh = bucket_scores_of(stacked, config, sample)
         for i, r in enumerate(missing):
             scores[r] = fresh[:, i]

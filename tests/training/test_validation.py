@@ -120,9 +120,10 @@ def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_d
     loaded = []
     real = rundir.load_all
 
-    def counting(run, reps=None):
+    def counting(run, reps=None, served=True):
+        assert not served  # merged with the group in training: as trained, no penalty
         loaded.append(list(reps))
-        return real(run, reps)
+        return real(run, reps, served)
 
     monkeypatch.setattr(rundir, "load_all", counting)
     cache = {}

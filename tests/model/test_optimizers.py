@@ -83,19 +83,24 @@ def test_config_names_the_optimizer():
                                 ).optimizer == "adam_dense"
 
 
+def _sparse_task():
+    """``(D, K, labels, inputs)``: 512 points of 6 non-zeros over D above the dense-GEMM
+    threshold (the input kernel's gradient is IndexedSlices); each of the K = 20 classes
+    owns 30 feature ids, so the task is learnable from the sparse rows alone."""
+    d, n, nnz, k = DENSE_INPUT_MAX_FEATURES + 1000, 512, 6, 20
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, k, n)
+    ids = (labels[:, None] * 30 + rng.integers(0, 30, (n, nnz)) + 17 * 30) % d
+    return d, k, labels, {"feature_ids": ids.astype(np.int64),
+                          "feature_values": np.ones((n, nnz), np.float32)}
+
+
 def test_lazy_adam_trains_like_dense_adam():
     """On a sparse input layer (D above the dense-GEMM threshold, so the kernel's gradient
     is IndexedSlices) lazy and dense Adam reach the same fit. (Per step, lazy Adam learns
     rare features more slowly: dense Adam keeps moving a row by its momentum in steps
     that do not touch it. With 4 epochs at lr 0.01 here: loss 1.57 lazy, 0.87 dense.)"""
-    d = DENSE_INPUT_MAX_FEATURES + 1000
-    rng = np.random.default_rng(2)
-    n, nnz, k = 512, 6, 20
-    labels = rng.integers(0, k, n)
-    # each class owns 30 feature ids: the task is learnable from the sparse rows alone
-    ids = (labels[:, None] * 30 + rng.integers(0, 30, (n, nnz)) + 17 * 30) % d
-    x = {"feature_ids": ids.astype(np.int64),
-         "feature_values": np.ones((n, nnz), np.float32)}
+    d, k, labels, x = _sparse_task()
     results = {}
     for name in ("adam", "adam_dense"):
         config = MachConfig.from_data(k, d, num_buckets=8, num_repetitions=2,
@@ -162,13 +167,7 @@ def test_row_wise_optimizer_fits_and_its_checkpoint_restores(tmp_path):
     """A sparse input layer above the dense-GEMM threshold trained with "adam_rowwise":
     it learns, its input kernel carries no moment slots, and weights plus optimizer state
     saved and loaded into a new model continue to the same next step."""
-    d = DENSE_INPUT_MAX_FEATURES + 1000
-    rng = np.random.default_rng(2)
-    n, nnz, k = 512, 6, 20
-    labels = rng.integers(0, k, n)
-    ids = (labels[:, None] * 30 + rng.integers(0, 30, (n, nnz)) + 17 * 30) % d
-    x = {"feature_ids": ids.astype(np.int64),
-         "feature_values": np.ones((n, nnz), np.float32)}
+    d, k, labels, x = _sparse_task()
     config = MachConfig.from_data(k, d, num_buckets=8, num_repetitions=2, hidden_units=[16],
                                   dropout=0.0, seed=3, optimizer="adam_rowwise",
                                   learning_rate=0.02)

@@ -101,7 +101,8 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
                  label_names: str | None = None, decoder: str = "auto",
                  candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS, verify: bool = True,
                  warmup: bool = True, log=None,
-                 exclude_classes: str | Sequence[int] | None = None) -> ExportResult:
+                 exclude_classes: str | Sequence[int] | None = None,
+                 popularity_penalty: float | None = None) -> ExportResult:
     """Exports a trained run as ``output/VERSION`` for TensorFlow Serving.
 
     Args:
@@ -121,6 +122,9 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
         exclude_classes: Classes no signature ever returns (retired from the catalogue): a
             file of one class id per line, or the ids. Every answer still has ``top_k``
             classes while K minus their number allows.
+        popularity_penalty: Serve with this popularity penalty instead of the run's
+            (``MachConfig.popularity_penalty``; it needs no retraining); the export's
+            recorded config says which.
 
     Returns:
         An :class:`ExportResult`.
@@ -146,7 +150,8 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
         raise ExportError(f"version must be a non-negative integer, got {version}")
     if decoder not in DECODERS:
         raise ExportError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    config, singles = rundir.load_repetitions(model_dir)
+    config, singles = rundir.load_repetitions(model_dir,
+                                              popularity_penalty=popularity_penalty)
     decoder = resolve_decoder(decoder, config.num_classes)
     excluded = excluded_set(expand_path(exclude_classes)
                             if isinstance(exclude_classes, str) else exclude_classes,

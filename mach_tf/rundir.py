@@ -381,12 +381,14 @@ def _check_repetition(r: int, config: MachConfig, model, marker: dict) -> list[s
     return problems
 
 
-def load_repetitions(run: str, repetitions=None, served: bool = True):
+def load_repetitions(run: str, repetitions=None, served: bool = True,
+                     popularity_penalty: float | None = None):
     """``(config, models)``: the run's config and its single-repetition models, checked.
 
     ``served``: the models as inference uses them, with the config's popularity penalty
     (:func:`mach_tf.model.network.bucket_prior`, from ``label_counts.npy``) in their output
-    bias; ``False``: as trained.
+    bias; ``False``: as trained. ``popularity_penalty``: serve with this penalty instead of
+    the config's (the returned config says which).
 
     Raises:
         RunDirError: naming the repetitions that are missing (never trained), unfinished
@@ -394,6 +396,8 @@ def load_repetitions(run: str, repetitions=None, served: bool = True):
             unreadable, or trained for another config (which fields differ).
     """
     config = load_config(run)
+    if popularity_penalty is not None:
+        config = config.replace(popularity_penalty=float(popularity_penalty))
     reps = list(range(config.num_repetitions)) if repetitions is None else list(repetitions)
     started = in_progress(run)
     incomplete = [r for r in reps if not is_complete(run, r)]
@@ -434,14 +438,15 @@ def load_repetitions(run: str, repetitions=None, served: bool = True):
     return config, models
 
 
-def load_all(run: str, repetitions=None, served: bool = True):
+def load_all(run: str, repetitions=None, served: bool = True,
+             popularity_penalty: float | None = None):
     """``(config, model)`` with every repetition of the run stacked into one model
-    (``served`` as in :func:`load_repetitions`).
+    (``served`` and ``popularity_penalty`` as in :func:`load_repetitions`).
 
     Raises:
         RunDirError: as :func:`load_repetitions`.
     """
-    config, models = load_repetitions(run, repetitions, served)
+    config, models = load_repetitions(run, repetitions, served, popularity_penalty)
     return config, stack(models)
 
 

@@ -209,7 +209,8 @@ def cmd_export(a) -> dict:
 
     res = export_model(a.model_dir, a.output, a.model_version, a.top_k, a.label_names,
                        a.decoder, a.candidate_buckets, verify=not a.no_verify, log=_log,
-                       exclude_classes=a.exclude_classes)
+                       exclude_classes=a.exclude_classes,
+                       popularity_penalty=a.popularity_penalty)
     return res.to_dict()
 
 
@@ -217,7 +218,8 @@ def cmd_evaluate(a) -> dict:
     from mach_tf.inference.evaluation import evaluate
 
     res = evaluate(a.model, a.test, a.k, a.decoder, a.candidate_buckets, a.batch_size,
-                   a.repetitions, exclude_classes=a.exclude_classes)
+                   a.repetitions, exclude_classes=a.exclude_classes,
+                   popularity_penalty=a.popularity_penalty)
     if not a.json:
         for k, v in res.items():
             print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")

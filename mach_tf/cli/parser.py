@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--exclude-classes", type=expand_path, metavar="FILE",
                    help="class ids never returned (retired), one per line; every answer "
                         "still has --top-k classes")
+    e.add_argument("--popularity-penalty", type=float, metavar="P",
+                   help="serve with this popularity penalty instead of the run's (no "
+                        "retraining; docs/defaults.md)")
 
     v = _sub(sub, "evaluate", "P@k and nDCG@k of a run or an export on test data.", [common])
     v.add_argument("--model", required=True, type=expand_path, help="run directory or export")
@@ -314,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories: merge only the first N repetitions (default all)")
     v.add_argument("--exclude-classes", type=expand_path, metavar="FILE",
                    help="class ids never predicted, one per line (as export serves them)")
+    v.add_argument("--popularity-penalty", type=float, metavar="P",
+                   help="run directories: score with this popularity penalty instead of "
+                        "the run's (no retraining)")
 
     r = _sub(sub, "predict", "Query an export: one query per line on stdin (XMC features "
                              "'id:value ...', or raw text with --text), one JSON line out per "

@@ -102,7 +102,8 @@ def popularity_baseline(label_counts: np.ndarray, test, ks: Sequence[int] = (1, 
 def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str = "auto",
              candidate_buckets: int = DEFAULT_CANDIDATE_BUCKETS,
              batch_size: int | None = None, repetitions: int | None = None,
-             exclude_classes: str | Sequence[int] | None = None) -> dict:
+             exclude_classes: str | Sequence[int] | None = None,
+             popularity_penalty: float | None = None) -> dict:
     """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
 
     Args:
@@ -117,6 +118,9 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
         exclude_classes: Classes never predicted (retired from the catalogue): a file of
             one class id per line, or the ids; the answers are the top k of the others, as
             ``mach-tf export --exclude-classes`` serves them.
+        popularity_penalty: For run directories: serve with this popularity penalty
+            instead of the run's (``MachConfig.popularity_penalty``; it needs no
+            retraining).
 
     Returns:
         A dict with ``p@k``, ``ndcg@k`` (``psp@k`` when the training label counts are
@@ -131,32 +135,33 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
     model, test = expand_path(model), expand_path(test)
     with located_read_errors(test):
         return _evaluate(model, test, ks, decoder, candidate_buckets, batch_size,
-                         repetitions, exclude_classes)
+                         repetitions, exclude_classes, popularity_penalty)
 
 
-def _first_repetitions(model: str, repetitions: int | None):
+def _first_repetitions(model: str, repetitions: int | None,
+                       popularity_penalty: float | None = None):
     """``(config, stacked model)`` of the run's first ``repetitions`` (all by default),
     the config narrowed to them so they merge as a model of their own."""
     config = rundir.load_config(model)
     num = config.num_repetitions
     if repetitions is None or repetitions == num:
-        return rundir.load_all(model)
+        return rundir.load_all(model, popularity_penalty=popularity_penalty)
     if not 1 <= repetitions <= num:
         raise ValueError(f"repetitions: {model} has {num} repetitions, asked to merge "
                          f"{repetitions}")
     reps = list(range(repetitions))
-    _, stacked = rundir.load_all(model, reps)
+    config, stacked = rundir.load_all(model, reps, popularity_penalty=popularity_penalty)
     return config.replace(num_repetitions=repetitions,
                           hashing=config.hash_family.subset(reps).to_dict()), stacked
 
 
 def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitions,
-              exclude_classes) -> dict:
+              exclude_classes, popularity_penalty=None) -> dict:
     ks = sorted(set(int(k) for k in ks))
     kmax = max(ks)
     t0 = time.time()
     if rundir.is_run_dir(model):
-        config, stacked = _first_repetitions(model, repetitions)
+        config, stacked = _first_repetitions(model, repetitions, popularity_penalty)
         check_data(config, test, "test")
         excluded = excluded_set(exclude_classes, config.num_classes)
         scorer = MergedScorer(config, stacked, decoder, candidate_buckets, excluded)
@@ -172,6 +177,9 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
         if repetitions is not None:
             raise ValueError("repetitions: an export merges all of its repetitions; give "
                              "the run directory to evaluate fewer")
+        if popularity_penalty is not None:
+            raise ValueError("popularity_penalty: an export serves the penalty it was made "
+                             "with; give the run directory, or export again with it")
         path = resolve_export(model)
         info = export_info_path(path)
         manifest = Manifest.load(test)

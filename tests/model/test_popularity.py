@@ -75,3 +75,43 @@ def test_served_scores_are_trained_scores_minus_the_penalty(penalised_run, tiny_
     out = loaded.signatures["serving_default"](**inputs)
     _, ids = MergedScorer(config, served).topk(inputs, 5)
     np.testing.assert_array_equal(out["label_ids"].numpy(), ids.numpy())
+
+
+def test_a_penalty_can_be_chosen_at_export_and_evaluation(penalised_run, tiny_data):
+    """The penalty needs no retraining: export and evaluate take another value, and the
+    export records the one it serves."""
+    import json
+    import os
+
+    from mach_tf.inference.evaluation import evaluate
+
+    _, none = rundir.load_all(penalised_run, popularity_penalty=0.0)
+    _, trained = rundir.load_all(penalised_run, served=False)
+    for a, b in zip(none.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    res = export_model(penalised_run, str(tiny_data["dir"]) + "/popularity_zero", top_k=5,
+                       decoder="exact", popularity_penalty=0.0)
+    info = json.load(open(os.path.join(res.path, "assets.extra", "mach_tf.json")))
+    assert info["config"]["popularity_penalty"] == 0.0
+    on_export = evaluate(res.path, tiny_data["test"])
+    on_run = evaluate(penalised_run, tiny_data["test"], popularity_penalty=0.0)
+    assert on_export["p@1"] == pytest.approx(on_run["p@1"], abs=1e-6)
+    with pytest.raises(ValueError, match="an export serves the penalty it was made with"):
+        evaluate(res.path, tiny_data["test"], popularity_penalty=0.1)
+
+
+def test_cli_evaluate_takes_a_penalty(penalised_run, tiny_data):
+    import json
+
+    from mach_tf.inference.evaluation import evaluate
+    from tests.helpers import run_cli
+
+    res = run_cli("evaluate", "--model", penalised_run, "--test", tiny_data["test"],
+                  "--popularity-penalty", "0", "--json")
+    assert res.returncode == 0, res.stderr
+    want = evaluate(penalised_run, tiny_data["test"], popularity_penalty=0.0)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["p@1"] == pytest.approx(
+        want["p@1"], abs=1e-6)
+    bad = run_cli("evaluate", "--model", penalised_run, "--test", tiny_data["test"],
+                  "--popularity-penalty", "-1")
+    assert bad.returncode != 0 and "popularity_penalty: must be >= 0" in bad.stderr

@@ -7,7 +7,7 @@ arrive with their points. Three models, each with mach-tf's defaults for its K:
 * **before**: trained on the old points only (K1 classes), with ``mach-tf train``'s
   defaults for that data;
 * **extended**: ``mach-tf extend`` of *before* to K2 classes with its defaults: the new
-  points mixed with as many replayed old ones, at 3 times *before*'s learning rate;
+  points mixed with as many replayed old ones, at 4 times *before*'s learning rate;
 * **scratch**: trained on all the training points (K2 classes).
 
 The three use the same number of repetitions (``repetitions`` in :data:`SETTINGS`), the

@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--valid", type=expand_path, help="validation data prefix")
     x.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's)")
     x.add_argument("--learning-rate", type=float,
-                   help="the fine-tuning's (default: 3 times the run's)")
+                   help="the fine-tuning's (default: 4 times the run's)")
     x.add_argument("--early-stopping-patience", type=int,
                    help="epochs without merged validation improvement (0: off; default: "
                         "the run's)")

@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from benchmarks import common
 from mach_tf import rundir
+from mach_tf.inference.decoder import exact_scores
+from mach_tf.inference.ranking import RankingMetrics
 from mach_tf.inference.scorer import MergedScorer
 from mach_tf.model.network import bucket_prior
 from mach_tf.training.validation import DataSplit, load_sample
@@ -43,26 +45,20 @@ def dev_scores(run: str):
         counts = counts - np.bincount(np.concatenate(held).astype(np.int64),
                                       minlength=config.num_classes)
     scorer = MergedScorer(config, model)
-    table = config.hash_family.table(config.num_classes)
-    merged = []
-    for inputs, _ in sample.batches:
-        s = scorer.bucket_scores({k: tf.constant(v) for k, v in inputs.items()}).numpy()
-        m = np.zeros((len(s), config.num_classes), np.float32)
-        for r in range(config.num_repetitions):
-            m += s[:, r, table[r]]
-        merged.append(m / config.num_repetitions)
+    table = tf.constant(config.hash_family.table(config.num_classes))
+    merged = [exact_scores(scorer.bucket_scores({k: tf.constant(v) for k, v in inputs.items()}),
+                           table).numpy() for inputs, _ in sample.batches]
     return config, np.concatenate(merged), labels, counts
 
 
 def precision(scores: np.ndarray, labels, ks=(1, 3, 5)) -> dict:
+    """P@k of the top of ``scores`` as evaluation computes it (:class:`RankingMetrics`)."""
     top = np.argpartition(-scores, max(ks), axis=1)[:, :max(ks)]
     order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, 1)
-    out = {}
-    for k in ks:
-        hits = [len(set(y) & set(row[:k].tolist())) / k for row, y in zip(top, labels)]
-        out[f"p@{k}"] = round(float(np.mean(hits)), 4)
-    return out
+    metrics = RankingMetrics(ks)
+    metrics.update(np.take_along_axis(top, order, 1), labels)
+    result = metrics.result()
+    return {f"p@{k}": round(float(result[f"p@{k}"]), 4) for k in ks}
 
 
 def score_penalties(run: str, penalties) -> dict:

@@ -37,6 +37,7 @@ from keras import ops
 from benchmarks.common import emit, say
 from benchmarks.peers import peak_rss_mb
 from mach_tf import MachClassifier
+from mach_tf.datasets.synthetic_dense import class_centres, sample_points
 from mach_tf.inference.ranking import precision_at_k
 
 #: ``points_per_class`` is N / K; ``alpha`` the power law's exponent, ``noise`` the
@@ -51,43 +52,6 @@ SETTINGS = {
 
 #: Train batches left out of the mean step time (tracing, warm-up).
 SKIP_STEPS = 5
-
-
-def class_probabilities(num_classes: int, alpha: float) -> np.ndarray:
-    """The power law over classes: ``p_i`` proportional to ``(i + 1) ** -alpha``."""
-    p = np.arange(1, num_classes + 1, dtype=np.float64) ** -float(alpha)
-    return p / p.sum()
-
-
-def class_centres(num_classes: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
-    """A random unit centre per class, float32 ``[K, d]``."""
-    rng = np.random.default_rng([seed, 0])
-    out = np.empty((num_classes, dim), np.float32)
-    for start in range(0, num_classes, chunk):
-        c = rng.standard_normal((min(chunk, num_classes - start), dim)).astype(np.float32)
-        out[start:start + len(c)] = c / np.linalg.norm(c, axis=1, keepdims=True)
-    return out
-
-
-def sample_points(centres: np.ndarray, n: int, seed: int, alpha: float = 1.0,
-                  noise: float = 1.0, chunk: int = 65536):
-    """``n`` points ``(x float32 [n, d], y int64 [n])``: labels from the power law, a point
-    its class's centre plus Gaussian noise of expected length ``noise``, scaled to unit
-    length. Generated ``chunk`` points at a time from ``seed``."""
-    num_classes, dim = centres.shape
-    rng = np.random.default_rng([seed, 1])
-    cdf = np.cumsum(class_probabilities(num_classes, alpha))
-    x = np.empty((n, dim), np.float32)
-    y = np.empty(n, np.int64)
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        labels = np.minimum(np.searchsorted(cdf, rng.random(m), side="right"),
-                            num_classes - 1)
-        pts = centres[labels] + rng.standard_normal((m, dim)).astype(np.float32) * (
-            noise / np.sqrt(dim))
-        x[start:start + m] = pts / np.linalg.norm(pts, axis=1, keepdims=True)
-        y[start:start + m] = labels
-    return x, y
 
 
 def make_data(settings: dict, seed: int):
@@ -146,7 +110,8 @@ def run_model(kind: str, settings: dict, seed: int, quiet: bool) -> dict:
     k = settings["classes"]
     encoder = make_encoder(settings["dim"], settings["hidden"], seed)
     if kind == "mach":
-        model = MachClassifier(encoder, k, seed=seed)
+        model = MachClassifier(encoder, k, num_buckets=settings.get("buckets"),
+                               num_repetitions=settings.get("repetitions"), seed=seed)
         model.compile()
         model.build((None, settings["dim"]))
         head_params = model.head.count_params()
@@ -220,11 +185,16 @@ def main(argv=None) -> dict:
     p.add_argument("--small", action="store_true", help="K = 5,000: a quick check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the settings' epochs")
+    p.add_argument("--buckets", type=int, help="MACH's B (default: MachClassifier's)")
+    p.add_argument("--repetitions", type=int, help="MACH's R (default: MachClassifier's)")
     args = p.parse_args(argv)
     t0 = time.time()
     settings = dict(SETTINGS["small" if args.small else "default"])
     if args.epochs:
         settings["epochs"] = args.epochs
+    for key in ("buckets", "repetitions"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
     out = run_benchmark(settings, args.seed, args.json, lambda m: say("dense_head", args, m))
     return emit(out, t0)
 

@@ -1,13 +1,15 @@
 """Request bodies for a mach-tf export served by TensorFlow Serving.
 
 Turns a batch of XMC / libsvm text lines (``[labels] id:value id:value ...``; the labels,
-if any, are ignored), or of raw query strings for a text model's ``predict_text``, into
-what TensorFlow Serving's two APIs take:
+if any, are ignored), of raw query strings for a text model's ``predict_text``, or of dense
+vectors for a dense model (``dense=True``: a float array ``[batch, d]``, or lines of d
+numbers), into what TensorFlow Serving's two APIs take:
 
 * REST (``POST /v1/models/NAME:predict``): :func:`rest_body` gives the JSON object, in the
   row layout (``"instances"``) or the columnar layout (``"inputs"``), for
-  ``serving_default`` (padded ``feature_ids`` / ``feature_values``) or ``predict_examples``
-  (serialized ``tf.train.Example`` strings, base64-encoded as ``{"b64": ...}``).
+  ``serving_default`` (padded ``feature_ids`` / ``feature_values``, or a dense model's
+  ``embedding``) or ``predict_examples`` (serialized ``tf.train.Example`` strings,
+  base64-encoded as ``{"b64": ...}``).
 * gRPC (``PredictionService/Predict``, port 8500): :func:`grpc_request` gives the
   ``tensorflow.serving.PredictRequest`` proto; :func:`response_outputs` turns the
   ``PredictResponse`` back into numpy arrays. The proto classes come from
@@ -32,8 +34,9 @@ import numpy as np
 import tensorflow as tf
 
 from export.signatures import FILTERED
-from mach_tf.inference.predict import pad_batch
-from tfrecords_tools.convert import serialize_example
+from mach_tf.data import DENSE_KEY
+from mach_tf.inference.predict import pad_batch, parse_vector_line
+from tfrecords_tools.convert import serialize_dense_example, serialize_example
 from tfrecords_tools.parse import DataFormatError, is_header_line, parse_line
 from tfrecords_tools.text_format import query_text
 
@@ -132,6 +135,50 @@ def text_examples(texts: Sequence[str]) -> list[bytes]:
     return [serialize_example([], [], [], t.encode("utf-8")) for t in texts]
 
 
+def dense_queries(queries, width: int | None = None, source: str = "<lines>") -> np.ndarray:
+    """Dense queries as float32 ``[batch, d]``: an array-like of vectors, or text lines
+    (one string of lines, or a list of lines) of d numbers separated by spaces or commas.
+
+    Args:
+        queries: The vectors, or the lines.
+        width: d, when known: every vector must have it (else the server refuses the
+            request; this names the query instead).
+        source: Name used in error messages.
+
+    Raises:
+        DataFormatError: naming the line that is empty, holds another number of values or
+            a value that is not a finite number.
+        ValueError: for vectors that are not a ``[batch, d]`` array of ``width`` columns.
+    """
+    items = queries.splitlines() if isinstance(queries, str) else queries
+    if not isinstance(items, np.ndarray):
+        items = list(items)
+        if items and isinstance(items[0], str):
+            rows = []
+            for lineno, line in enumerate(items, start=1):
+                try:  # without width, the first line's
+                    rows.append(parse_vector_line(line.rstrip("\r\n"), width))
+                except ValueError as e:
+                    raise DataFormatError(source, lineno, str(e)) from None
+                width = len(rows[0])
+            items = rows
+    x = np.asarray(items, np.float32)
+    if x.ndim == 1 and x.size == 0:
+        x = x.reshape(0, width or 0)
+    if x.ndim != 2 or (width is not None and x.shape[1] != width):
+        raise ValueError(f"{DENSE_KEY}: expected vectors of shape [batch, "
+                         f"{width if width is not None else 'd'}], got shape "
+                         f"{list(x.shape)}")
+    return x
+
+
+def dense_examples(vectors) -> list[bytes]:
+    """Each vector (a row of float ``[batch, d]``) as a serialized ``tf.train.Example``
+    holding its ``embedding`` (float32) and no labels: a dense model's
+    ``predict_examples`` input."""
+    return [serialize_dense_example([], row) for row in dense_queries(vectors)]
+
+
 def serialized_examples(rows: Sequence[Row]) -> list[bytes]:
     """Each row as a serialized ``tf.train.Example`` (the TFRecord schema, no labels)."""
     return [serialize_example([], ids, vals) for ids, vals in rows]
@@ -185,8 +232,15 @@ def filter_inputs(batch: int, exclude=None, restrict=None, top_k: int | None = N
             "top_k": np.int32(top_k or 0)}
 
 
-def _inputs(queries, signature: str, text: bool) -> dict:
+def _inputs(queries, signature: str, text: bool, dense: bool = False) -> dict:
     """The named input batches of ``signature`` for ``queries`` (numpy arrays or lists)."""
+    if dense:
+        if text:
+            raise ValueError("dense queries are vectors, not raw text: a dense model has no "
+                             "predict_text")
+        vectors = dense_queries(queries)
+        return {"examples": dense_examples(vectors)} if signature == PREDICT_EXAMPLES \
+            else {DENSE_KEY: vectors}
     if signature == PREDICT_TEXT:
         return {"text": text_queries(queries)}
     if signature == PREDICT_EXAMPLES:
@@ -205,12 +259,13 @@ def _filtered(signature: str, inputs: dict, exclude, restrict, top_k) -> tuple[s
 
 def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
               text: bool = False, exclude=None, restrict=None,
-              top_k: int | None = None) -> dict:
+              top_k: int | None = None, dense: bool = False) -> dict:
     """The JSON object for TensorFlow Serving's REST predict API.
 
     Args:
         queries: Text lines (or one string of lines), or parsed ``(ids, values)`` rows;
-            for ``predict_text`` (or with ``text``) raw query strings.
+            for ``predict_text`` (or with ``text``) raw query strings; with ``dense``
+            vectors (see :func:`dense_queries`).
         signature: ``serving_default``, ``predict_examples`` or ``predict_text``.
         layout: ``"columnar"`` (``{"inputs": {name: batch}}``; the answer comes back as
             ``{"outputs": {name: batch}}``) or ``"row"`` (``{"instances": [{name: value}]}``;
@@ -221,6 +276,8 @@ def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar
             any of them the request goes to the signature's ``_filtered`` twin, in the
             columnar layout (its scalar ``top_k`` has no batch dimension to split into
             instances).
+        dense: The queries are vectors for a dense model: ``serving_default`` gets them as
+            ``embedding``, ``predict_examples`` as tf.Examples holding it.
 
     Returns:
         A dict; send ``json.dumps`` of it (see :func:`rest_json`).
@@ -234,8 +291,8 @@ def rest_body(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     text = _check_text(signature, text)
-    name, inputs = _filtered(signature, _inputs(queries, signature, text), exclude, restrict,
-                             top_k)
+    name, inputs = _filtered(signature, _inputs(queries, signature, text, dense), exclude,
+                             restrict, top_k)
     if name != signature and layout == "row":
         raise ValueError("filtered requests take the columnar layout: their top_k is one "
                          "scalar for the whole request")
@@ -263,26 +320,28 @@ def _check_text(signature: str, text: bool) -> bool:
 
 def rest_json(queries, signature: str = SERVING_DEFAULT, layout: str = "columnar",
               text: bool = False, exclude=None, restrict=None,
-              top_k: int | None = None) -> str:
+              top_k: int | None = None, dense: bool = False) -> str:
     """:func:`rest_body` as a JSON string, ready to POST (UTF-8 text kept as is)."""
-    return json.dumps(rest_body(queries, signature, layout, text, exclude, restrict, top_k),
-                      separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(rest_body(queries, signature, layout, text, exclude, restrict, top_k,
+                                dense), separators=(",", ":"), ensure_ascii=False)
 
 
 def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "mach",
                  version: int | None = None, text: bool = False, exclude=None,
-                 restrict=None, top_k: int | None = None):
+                 restrict=None, top_k: int | None = None, dense: bool = False):
     """A ``tensorflow.serving.PredictRequest`` for TensorFlow Serving's gRPC API.
 
     Args:
         queries: Text lines (or one string of lines), or parsed ``(ids, values)`` rows;
-            for ``predict_text`` (or with ``text``) raw query strings.
+            for ``predict_text`` (or with ``text``) raw query strings; with ``dense``
+            vectors (see :func:`dense_queries`).
         signature: ``serving_default``, ``predict_examples`` or ``predict_text``.
         model_name: The served model's name (``MODEL_NAME`` of the container).
         version: A specific version; ``None`` lets the server pick its latest.
         text: The queries are raw text (see :func:`rest_body`).
         exclude, restrict, top_k: Per-request filters (see :func:`filter_inputs`); with any
             of them the request goes to the signature's ``_filtered`` twin.
+        dense: The queries are vectors for a dense model (see :func:`rest_body`).
 
     Raises:
         ValueError: for an unknown signature.
@@ -294,19 +353,30 @@ def grpc_request(queries, signature: str = SERVING_DEFAULT, model_name: str = "m
     if signature not in ALL_SIGNATURES:
         raise ValueError(f"signature must be one of {ALL_SIGNATURES}, got {signature!r}")
     text = _check_text(signature, text)
-    name, inputs = _filtered(signature, _inputs(queries, signature, text), exclude, restrict,
-                             top_k)
+    name, inputs = _filtered(signature, _inputs(queries, signature, text, dense), exclude,
+                             restrict, top_k)
     return predict_request(inputs, name, model_name, version)
 
 
 def input_tensors(inputs: dict) -> dict:
     """The ``TensorProto`` of each named input: ``feature_ids`` / ``feature_values`` arrays,
-    ``examples`` (a list of serialized tf.Examples) or ``text`` (a list of query strings);
-    for the filtered signatures also ``exclude_ids`` / ``restrict_ids`` (int64) and
-    ``top_k`` (an int32 scalar)."""
+    a dense model's ``embedding`` (float32 ``[batch, d]``), ``examples`` (a list of
+    serialized tf.Examples) or ``text`` (a list of query strings); for the filtered
+    signatures also ``exclude_ids`` / ``restrict_ids`` (int64) and ``top_k`` (an int32
+    scalar).
+
+    Raises:
+        ValueError: for an ``embedding`` that is not two-dimensional.
+    """
     out = {}
     for name, value in inputs.items():
-        if name == "examples":
+        if name == DENSE_KEY:
+            value = np.asarray(value, np.float32)
+            if value.ndim != 2:
+                raise ValueError(f"{DENSE_KEY}: expected float32 [batch, d], got shape "
+                                 f"{list(value.shape)}")
+            proto = tf.make_tensor_proto(value)
+        elif name == "examples":
             proto = tf.make_tensor_proto(list(value), dtype=tf.string, shape=[len(value)])
         elif name == "text":
             value = [v.encode("utf-8") if isinstance(v, str) else v for v in value]

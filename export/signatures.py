@@ -1,8 +1,12 @@
-"""The serving graph: padded sparse features, tf.Examples or raw text in, merged top-k out.
+"""The serving graph: padded sparse features, dense vectors, tf.Examples or raw text in,
+merged top-k out.
 
 A model trained on text also has ``predict_text`` (query strings ``[batch]`` in): the
 run's :class:`~mach_tf.text.TextFeaturizer`, adapted statistics and normalisation table
 included, is part of the graph, so the server featurises queries exactly as training did.
+A model trained on dense vectors (``input_format="dense"``) takes ``embedding`` float32
+``[batch, d]`` instead of sparse features, and tf.Examples holding it; its encoder, if any,
+is inside the repetitions' model, so the requests are the same with or without one.
 
 Everything here is stock TensorFlow ops, so TensorFlow Serving runs it as is. Large tensors
 (the class -> bucket table or the inverted index, held as weights by the
@@ -19,7 +23,7 @@ import tensorflow as tf
 from mach_tf.config import MachConfig
 from mach_tf.inference.decoder import MergedTopK
 from mach_tf.inference.filters import check_filters
-from mach_tf.model.network import MachModel, bucket_scores
+from mach_tf.model.network import DENSE_KEY, MachModel, bucket_scores
 
 METHOD_NAME = "tensorflow/serving/predict"
 SERVING_DEFAULT = "serving_default"
@@ -73,6 +77,29 @@ def validate_request(feature_ids, feature_values, num_features: int):
         return tf.identity(feature_ids), tf.identity(feature_values)
 
 
+def validate_embedding(embedding, width: int):
+    """Dense request checks that raise InvalidArgument instead of answering wrongly: rows of
+    ``width`` (d) values, all finite. Returns ``embedding`` with its static shape
+    ``[batch, d]``."""
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(embedding)[1], width,
+            message=f"{DENSE_KEY} must have num_features={width} values per row "
+                    f"(shape [batch, {width}])"),
+        tf.debugging.assert_all_finite(
+            embedding, message=f"{DENSE_KEY} must be finite (no NaN or Inf)"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.ensure_shape(tf.identity(embedding), [None, width])
+
+
+def parse_dense_examples(examples, width: int):
+    """``embedding`` float32 ``[batch, d]`` of serialized tf.Examples (a missing feature, or
+    one of another length, fails inside ``parse_example`` with InvalidArgument)."""
+    return tf.io.parse_example(examples, {
+        DENSE_KEY: tf.io.FixedLenFeature([width], tf.float32)})[DENSE_KEY]
+
+
 def decoded_answer(topk: MergedTopK, scores, table=None, filters=None) -> dict:
     """A signature's outputs (:data:`OUTPUT_KEYS`) from bucket scores ``[batch, R, B]``.
 
@@ -104,7 +131,10 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
     """A ``keras.export.ExportArchive`` with the ``serving_default`` and
     ``predict_examples`` endpoints (see DESIGN.md for their tensors), and ``predict_text``
     for text models; each with its ``NAME_filtered`` twin, which also takes a request's
-    ``exclude_ids``, ``restrict_ids`` and ``top_k`` (:data:`FILTER_SPECS`).
+    ``exclude_ids``, ``restrict_ids`` and ``top_k`` (:data:`FILTER_SPECS`). A dense model
+    (``config.input_format == "dense"``) takes ``embedding`` float32 ``[batch, d]`` in
+    ``serving_default`` and tf.Examples holding ``embedding`` float32 ``[d]`` in
+    ``predict_examples``.
 
     Args:
         config: The run's config.
@@ -131,16 +161,36 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         archive.track(table)
     num_features = config.num_features
 
+    def scored(inputs, filters, values: str):
+        logits = model(inputs, training=False)
+        scores = tf.debugging.assert_all_finite(
+            bucket_scores(logits, config.loss, config.merge),
+            message=f"the model's scores are not finite for this request ({values} "
+                    f"too large for a model trained with feature_norm='none'?)")
+        return decoded_answer(topk, scores, table, filters)
+
     def answer(feature_ids, feature_values, filters=None):
         feature_ids, feature_values = validate_request(feature_ids, feature_values,
                                                        num_features)
-        logits = model({"feature_ids": feature_ids, "feature_values": feature_values},
-                       training=False)
-        scores = tf.debugging.assert_all_finite(
-            bucket_scores(logits, config.loss, config.merge),
-            message="the model's scores are not finite for this request (feature_values "
-                    "too large for a model trained with feature_norm='none'?)")
-        return decoded_answer(topk, scores, table, filters)
+        return scored({"feature_ids": feature_ids, "feature_values": feature_values},
+                      filters, "feature_values")
+
+    def dense_answer(embedding, filters=None):
+        return scored({DENSE_KEY: validate_embedding(embedding, num_features)}, filters,
+                      f"{DENSE_KEY} values")
+
+    def dense_default(embedding):
+        return dense_answer(embedding)
+
+    def dense_default_filtered(embedding, exclude_ids, restrict_ids, top_k):
+        return dense_answer(embedding, (exclude_ids, restrict_ids, top_k))
+
+    def dense_examples(examples):
+        return dense_answer(parse_dense_examples(examples, num_features))
+
+    def dense_examples_filtered(examples, exclude_ids, restrict_ids, top_k):
+        return dense_answer(parse_dense_examples(examples, num_features),
+                            (exclude_ids, restrict_ids, top_k))
 
     def serving_default(feature_ids, feature_values):
         return answer(feature_ids, feature_values)
@@ -192,7 +242,14 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
                    tf.TensorSpec([None, None], tf.float32, name="feature_values")]
     examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
     endpoints = [(SERVING_DEFAULT, serving_default, serving_default_filtered, sparse_spec)]
-    if featurizer is None:
+    if config.input_format == "dense":
+        # [batch, None], not [batch, d]: a row of another width is refused by the graph
+        # with InvalidArgument naming d (validate_embedding), through either loader.
+        endpoints = [(SERVING_DEFAULT, dense_default, dense_default_filtered,
+                      [tf.TensorSpec([None, None], tf.float32, name=DENSE_KEY)]),
+                     (PREDICT_EXAMPLES, dense_examples, dense_examples_filtered,
+                      examples_spec)]
+    elif featurizer is None:
         endpoints.append((PREDICT_EXAMPLES, predict_examples, predict_examples_filtered,
                           examples_spec))
     else:

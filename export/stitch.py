@@ -105,6 +105,11 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
                  popularity_penalty: float | None = None) -> ExportResult:
     """Exports a trained run as ``output/VERSION`` for TensorFlow Serving.
 
+    Sparse, text and dense runs (``input_format="dense"``, an encoder included) export to
+    the same layout, checked on a sample of their training queries (a dense run's first 64
+    training vectors, else random unit vectors; see
+    :func:`~export.verification.sample_inputs`).
+
     Args:
         model_dir: The run directory.
         output: ``BASE/NAME``; the version directory is created inside it.

@@ -4,10 +4,10 @@ SavedModel through both of TensorFlow's loaders, against the in-Python reference
 The check is independent of the code that built the serving graph: the reference bucket
 scores come from the R repetition models as saved by training, each run on its own (not
 the stacked model that was exported), merged and decoded by the numpy references of
-:mod:`mach_tf.inference.reference`. Every signature is checked through
-``tf.saved_model.load``, and ``serving_default`` (with ``predict_text`` for text models)
-also through the v1 session loader that TensorFlow Serving's C++ loader mirrors, feeding
-the signatures' tensor names.
+:mod:`mach_tf.inference.reference`. Every signature, plain and filtered, is checked through
+``tf.saved_model.load`` and through the v1 session loader that TensorFlow Serving's C++
+loader mirrors, feeding the signatures' tensor names. A dense model's sample is vectors
+(``embedding``), which ``predict_examples`` gets as dense tf.Examples.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.util import deprecation
 
-from export.client import rows_from_padded, serialized_examples, text_examples
+from export.client import dense_examples, rows_from_padded, serialized_examples, text_examples
 from export.signatures import FILTERED, METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT
 from mach_tf import rundir
-from mach_tf.data import to_model_inputs
+from mach_tf.data import DENSE_KEY, to_model_inputs
 from mach_tf.inference.reference import disagreeing_rows
 from tfrecords_tools.dataset import make_dataset
 
@@ -31,17 +31,26 @@ class ExportError(RuntimeError):
 
 
 def sample_inputs(run: str, config, n: int = 64, seed: int = 0) -> dict:
-    """Representative padded inputs: the first ``n`` training examples when known, else
-    random sparse rows."""
+    """Representative model inputs: the first ``n`` training examples when known, else
+    random sparse rows (padded), or for a dense model random unit vectors of width d."""
+    dense = config.input_format == "dense"
     info = rundir.train_data_path(run)
     if tf.io.gfile.exists(info):
         train = rundir.read_json(info).get("train")
         try:
             batch = next(iter(make_dataset(train, n, shuffle=False)))
-            return {k: v.numpy() for k, v in to_model_inputs(batch).items()}
+            sample = {k: v.numpy() for k, v in to_model_inputs(batch).items()}
+            # Data of another kind or width (replaced since training) is no sample.
+            if (DENSE_KEY in sample) == dense and (
+                    not dense or sample[DENSE_KEY].shape[1] == config.num_features):
+                return sample
         except (FileNotFoundError, ValueError, StopIteration, tf.errors.OpError):
             pass
     rng = np.random.default_rng(seed)
+    if dense:
+        x = rng.standard_normal((n, config.num_features))
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return {DENSE_KEY: x.astype(np.float32)}
     width = min(16, config.num_features)
     ids = np.stack([rng.choice(config.num_features, width, replace=False) for _ in range(n)])
     ids[:, width // 2:][rng.random((n, width - width // 2)) < 0.5] = -1
@@ -157,7 +166,8 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     Args:
         path: The written SavedModel.
         final: Its final path (for messages).
-        sample: Padded ``feature_ids`` / ``feature_values`` of the sample queries.
+        sample: Padded ``feature_ids`` / ``feature_values`` of the sample queries, or a
+            dense model's ``embedding`` ``[n, d]``.
         expected: ``(scores, ids)`` of the reference decoding of ``sample``.
         names: The staged label-names file, or ``None``.
         texts: For a text model, the sample's raw strings (``sample`` is their Python
@@ -172,13 +182,15 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     Raises:
         ExportError: naming the signature and loader that disagree, and on how many queries.
     """
-    n = int(sample["feature_ids"].shape[0])
     feeds = {k: np.asarray(v) for k, v in sample.items()}
-    if texts is None:
+    n = int(next(iter(feeds.values())).shape[0])
+    if texts is not None:
+        examples = text_examples(texts)
+    elif DENSE_KEY in feeds:
+        examples = dense_examples(feeds[DENSE_KEY])
+    else:
         examples = serialized_examples(rows_from_padded(feeds["feature_ids"],
                                                         feeds["feature_values"]))
-    else:
-        examples = text_examples(texts)
     loaded = tf.saved_model.load(path)
     outputs = {
         f"{SERVING_DEFAULT} (tf.saved_model.load)":
@@ -186,7 +198,8 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
         f"{PREDICT_EXAMPLES} (tf.saved_model.load)":
             loaded.signatures[PREDICT_EXAMPLES](examples=tf.constant(examples)),
     }
-    session_feeds = {SERVING_DEFAULT: feeds}
+    session_feeds = {SERVING_DEFAULT: feeds,
+                     PREDICT_EXAMPLES: {"examples": np.asarray(examples, dtype=object)}}
     if texts is not None:
         text_feed = np.asarray([t.encode("utf-8") for t in texts], dtype=object)
         outputs[f"{PREDICT_TEXT} (tf.saved_model.load)"] = \

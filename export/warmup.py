@@ -4,7 +4,8 @@ The file is a TFRecord file of ``tensorflow.serving.PredictionLog`` protos, each
 ``PredictRequest`` that TensorFlow Serving replays when it loads a version, so the first
 real query does not pay for graph initialisation. Every signature is warmed, at the
 batch sizes 1, 2, 4, ... that traffic uses; a text model's ``predict_text`` with raw query
-strings. The records are encoded by :mod:`export.serving_protos`, so an export does not need
+strings, a dense model's signatures with its vectors (``embedding``, and tf.Examples holding
+them). The records are encoded by :mod:`export.serving_protos`, so an export does not need
 ``tensorflow-serving-api``.
 """
 
@@ -13,20 +14,23 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, input_tensors,
-                           rows_from_padded, serialized_examples, text_examples)
+from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, dense_examples,
+                           input_tensors, rows_from_padded, serialized_examples, text_examples)
 from export.serving_protos import DecodedRequest, decode_prediction_log, encode_prediction_log
 from export.signatures import FILTERED
+from mach_tf.data import DENSE_KEY
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def write_warmup(path: str, sample: dict, num_requests: int = 8,
                  model_name: str = "mach", texts: list[str] | None = None) -> int:
-    """Writes warmup PredictionLog records built from the padded ``sample`` rows.
+    """Writes warmup PredictionLog records built from the padded ``sample`` rows (a dense
+    model's sample: its ``embedding`` vectors ``[n, d]``).
 
     ``serving_default`` gets up to ``num_requests`` requests of batch 1, 2, 4, ...;
-    ``predict_examples`` gets up to ``num_requests // 2`` of batch 1, 4, 16, .... With
+    ``predict_examples`` gets up to ``num_requests // 2`` of batch 1, 4, 16, ... (a dense
+    model's as tf.Examples holding ``embedding``). With
     ``texts`` (a text model's sample queries, of which ``sample`` is the featurisation),
     ``predict_text`` gets up to ``num_requests`` requests of batch 1, 2, 4, ... of them, and
     ``predict_examples`` tf.Examples holding them as ``text``. Each of those signatures'
@@ -39,21 +43,28 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
     def record(inputs: dict, signature: str) -> bytes:  # a serialized PredictionLog
         return encode_prediction_log(input_tensors(inputs), signature, model_name)
 
-    ids = np.asarray(sample["feature_ids"], np.int64)
-    vals = np.asarray(sample["feature_values"], np.float32)
-    n = len(ids)
+    if DENSE_KEY in sample:
+        inputs = {DENSE_KEY: np.asarray(sample[DENSE_KEY], np.float32)}
+    else:
+        inputs = {"feature_ids": np.asarray(sample["feature_ids"], np.int64),
+                  "feature_values": np.asarray(sample["feature_values"], np.float32)}
+    if texts is not None:
+        examples = text_examples(texts)
+    elif DENSE_KEY in inputs:
+        examples = dense_examples(inputs[DENSE_KEY])
+    else:
+        examples = serialized_examples(rows_from_padded(inputs["feature_ids"],
+                                                        inputs["feature_values"]))
+    n = len(next(iter(inputs.values())))
     records = []
     for i in range(min(num_requests, n)):
         size = min(n, 1 << i)
-        records.append(record({"feature_ids": ids[:size], "feature_values": vals[:size]},
-                              SERVING_DEFAULT))
+        records.append(record({k: v[:size] for k, v in inputs.items()}, SERVING_DEFAULT))
         if size == n:
             break
     for i in range(min(num_requests // 2, n)):
         size = min(n, 1 << (2 * i))
-        examples = text_examples(texts[:size]) if texts is not None else \
-            serialized_examples(rows_from_padded(ids[:size], vals[:size]))
-        records.append(record({"examples": examples}, PREDICT_EXAMPLES))
+        records.append(record({"examples": examples[:size]}, PREDICT_EXAMPLES))
         if size == n:
             break
     if texts is not None:
@@ -62,14 +73,12 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
             records.append(record({"text": list(texts[:size])}, PREDICT_TEXT))
             if size == len(texts):
                 break
-    queries = {SERVING_DEFAULT: {"feature_ids": ids, "feature_values": vals},
-               PREDICT_EXAMPLES: {"examples": text_examples(texts) if texts is not None else
-                                  serialized_examples(rows_from_padded(ids, vals))}}
+    queries = {SERVING_DEFAULT: inputs, PREDICT_EXAMPLES: {"examples": examples}}
     if texts is not None:
         queries[PREDICT_TEXT] = {"text": list(texts)}
-    for name, inputs in queries.items():
+    for name, query in queries.items():
         for size in sorted({1, min(8, n)}):
-            records.append(record({**{k: v[:size] for k, v in inputs.items()},
+            records.append(record({**{k: v[:size] for k, v in query.items()},
                                    **warmup_filters(size)}, name + FILTERED))
     with tf.io.TFRecordWriter(path) as w:
         for raw in records:

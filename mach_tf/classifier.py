@@ -7,9 +7,10 @@ top-k over all K classes (every Keras backend).
     model.fit(x, y, epochs=5)            # y: int [n, max_labels] class ids padded with -1
     ids, scores = model.predict_topk(x_test, k=5)
 
-B and R default from K as ``mach-tf train`` picks them
-(:func:`mach_tf.config.default_buckets`, :func:`mach_tf.config.default_repetitions`),
-and the hash family is the one a run directory with the same seed persists.
+B defaults from K as ``mach-tf train`` picks it (:func:`mach_tf.config.default_buckets`),
+R from K and B so that the head holds at most a fifth of a full softmax's outputs
+(:func:`mach_tf.config.default_head_repetitions`), and the hash family is the one a run
+directory with the same seed persists.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from mach_tf.config import default_buckets, default_repetitions
+from mach_tf.config import default_buckets, default_head_repetitions
 from mach_tf.layers import MachHead, bucket_table, merged_topk
 from mach_tf.losses import MachLoss
 from mach_tf.metrics import MergedPrecisionAtK
@@ -33,7 +34,8 @@ class MachClassifier(keras.Model):
         encoder: Any Keras model or layer mapping the inputs to ``[batch, d]``.
         num_classes: K.
         num_buckets: B; by default :func:`mach_tf.config.default_buckets` of K.
-        num_repetitions: R; by default :func:`mach_tf.config.default_repetitions` of K.
+        num_repetitions: R; by default :func:`mach_tf.config.default_head_repetitions` of
+            K and B (``R * B <= K / 5``, at least 4).
         hidden_units: Hidden widths of every repetition's classifier (see
             :class:`MachHead`).
         dropout: Dropout after each hidden layer of the head.
@@ -50,7 +52,8 @@ class MachClassifier(keras.Model):
         self.encoder = encoder
         self.num_classes = int(num_classes)
         self.num_buckets = int(num_buckets or default_buckets(self.num_classes))
-        self.num_repetitions = int(num_repetitions or default_repetitions(self.num_classes))
+        self.num_repetitions = int(num_repetitions or default_head_repetitions(
+            self.num_classes, self.num_buckets))
         self.hidden_units = [int(h) for h in hidden_units]
         self.dropout = float(dropout)
         self.seed = int(seed)

@@ -24,6 +24,8 @@ import math
 from typing import Any
 
 from mach_tf.hashing import MAX_CLASSES, HashFamily
+from mach_tf.inputs import (DEFAULT_TEXT_FEATURES, INPUT_FORMATS, TEXT_OVERRIDES,  # noqa: F401
+                            EncoderSettings, TextSettings)
 
 FORMAT_VERSION = 1
 
@@ -58,6 +60,27 @@ def default_buckets(num_classes: int) -> int:
 def default_repetitions(num_classes: int) -> int:
     """R from K: 16 repetitions up to 100k classes, 8 beyond (cost grows with R * B)."""
     return 16 if num_classes <= 100_000 else 8
+
+
+#: A Keras head's bucket layers hold at most 1/HEAD_OUTPUT_SHARE of a full softmax's K
+#: outputs (R * B <= K / 5), with at least :data:`MIN_HEAD_REPETITIONS` repetitions.
+HEAD_OUTPUT_SHARE = 5
+MIN_HEAD_REPETITIONS = 4
+
+
+def default_head_repetitions(num_classes: int, num_buckets: int) -> int:
+    """R of a MACH head on a dense encoder (:class:`mach_tf.MachClassifier`): that of
+    :func:`default_repetitions`, cut so that the R bucket layers hold at most a fifth of a
+    full softmax's outputs (``R * B <= K / 5``), at least :data:`MIN_HEAD_REPETITIONS`.
+
+    On an encoder's output every repetition's layer costs ``B * d`` parameters (and
+    ``B * d`` multiply-adds per example), against ``K * d`` for a softmax; at K = 100,000
+    R = 4 of B = 4,096 buckets hold 6.1 times fewer than the softmax and score as well as
+    R = 16 does on the dense benchmark (benchmarks/RESULTS.md, docs/defaults.md).
+    """
+    return int(min(default_repetitions(num_classes),
+                   max(MIN_HEAD_REPETITIONS,
+                       num_classes // (HEAD_OUTPUT_SHARE * max(1, num_buckets)))))
 
 
 #: Per-repetition parameters of the sparse input layer (D x first width) the default
@@ -162,108 +185,6 @@ def default_validation_fraction(num_examples: int | None,
     return float(min(0.1, max_examples / num_examples))
 
 
-# -- the text section ------------------------------------------------------------------
-TEXT_FORMAT_VERSION = 1
-#: D, the hash space of text features unless ``--text-features`` says otherwise. The input
-#: layer holds a ``[D, H]`` kernel per repetition; 2^16 keeps it at 64 MB for H = 256
-#: (float32) while colliding few of the words and bigrams of a query log.
-DEFAULT_TEXT_FEATURES = 1 << 16
-TEXT_WEIGHTINGS = ("tfidf", "tf")
-TEXT_STATISTICS_FILE = "text_statistics.npy"
-#: The keys of ``train --text-features/--word-ngrams/--char-ngrams`` among config overrides.
-TEXT_OVERRIDES = ("text_features", "word_ngrams", "char_ngrams")
-
-
-@dataclasses.dataclass
-class TextSettings:
-    """How text becomes sparse features: the ``text`` section of a text run's config
-    (the featuriser itself is :class:`mach_tf.text.TextFeaturizer`).
-
-    Attributes:
-        word_ngrams: Word n-grams of widths 1..n (2: unigrams and bigrams).
-        char_ngrams: Character n-grams of this width inside each word, with ``<`` and ``>``
-            marking the word's ends (0: none). Trigrams match misspelt words to their
-            correct form by their shared pieces.
-        weighting: ``"tfidf"``: term frequency times smoothed inverse document frequency
-            ``ln((1 + N) / (1 + df)) + 1`` learned by ``adapt``; ``"tf"``: term frequency
-            only.
-        sublinear_tf: Use ``1 + ln(tf)`` instead of the raw count.
-        statistics: File in the run directory holding the document frequencies.
-        statistics_sha256: SHA-256 of the document frequencies (int64, little-endian);
-            ``None`` until adapted.
-        num_documents: N, the documents the frequencies were counted over.
-        fold_table_sha256: SHA-256 of the normalisation table the run was trained with
-            (:func:`mach_tf.text.normalization.table_sha256`).
-        format_version: Version of these settings.
-    """
-
-    word_ngrams: int = 2
-    char_ngrams: int = 0
-    weighting: str = "tfidf"
-    sublinear_tf: bool = True
-    statistics: str = TEXT_STATISTICS_FILE
-    statistics_sha256: str | None = None
-    num_documents: int | None = None
-    fold_table_sha256: str | None = None
-    format_version: int = TEXT_FORMAT_VERSION
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first field that is out of range."""
-        def bad(field, why):
-            raise ValueError(f"MachConfig.text.{field}: {why}")
-
-        for field, low in (("word_ngrams", 1), ("char_ngrams", 0)):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 8:
-                bad(field, f"must be an integer in [{low}, 8], got {v!r}")
-        if self.char_ngrams == 1:
-            bad("char_ngrams", "1 would only count letters; use 0 (off) or 2..8")
-        if self.weighting not in TEXT_WEIGHTINGS:
-            bad("weighting", f"must be one of {TEXT_WEIGHTINGS}, got {self.weighting!r}")
-        if not isinstance(self.sublinear_tf, bool):
-            bad("sublinear_tf", f"must be true or false, got {self.sublinear_tf!r}")
-        if (not isinstance(self.statistics, str) or not self.statistics
-                or "/" in self.statistics or "\\" in self.statistics
-                or self.statistics in (".", "..")):
-            bad("statistics", f"must be a file name inside the run directory, got "
-                              f"{self.statistics!r}")
-        if self.num_documents is not None and (isinstance(self.num_documents, bool) or not
-                                               isinstance(self.num_documents, int)
-                                               or self.num_documents < 0):
-            bad("num_documents", f"must be a non-negative integer, got "
-                                 f"{self.num_documents!r}")
-        if (self.statistics_sha256 is None) != (self.num_documents is None):
-            bad("statistics_sha256", "and num_documents are set together (by adapting)")
-        if self.format_version != TEXT_FORMAT_VERSION:
-            bad("format_version", f"this mach-tf reads version {TEXT_FORMAT_VERSION}, got "
-                                  f"{self.format_version}")
-
-    @property
-    def adapted(self) -> bool:
-        return self.statistics_sha256 is not None
-
-    def layer_kwargs(self) -> dict:
-        """The featuriser layer's arguments (besides ``num_features``)."""
-        return {"word_ngrams": self.word_ngrams, "char_ngrams": self.char_ngrams,
-                "weighting": self.weighting, "sublinear_tf": self.sublinear_tf}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d) -> "TextSettings":
-        if not isinstance(d, dict):
-            raise ValueError(f"MachConfig.text: expected an object, got {d!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"MachConfig.text: unknown field(s) {unknown}")
-        return cls(**d)
-
-
 # -- the config ------------------------------------------------------------------------
 @dataclasses.dataclass
 class MachConfig:
@@ -271,7 +192,8 @@ class MachConfig:
 
     Attributes:
         num_classes: K, the number of classes (labels are ids in ``[0, K)``).
-        num_features: D, the dimension of the sparse input (feature ids in ``[0, D)``).
+        num_features: D, the dimension of the sparse input (feature ids in ``[0, D)``), or
+            d, the width of a dense run's vectors.
         num_buckets: B, buckets per repetition.
         num_repetitions: R, independent repetitions.
         hidden_units: Widths of the hidden layers of every repetition's network; empty for a
@@ -337,6 +259,11 @@ class MachConfig:
             adapted statistics live (:meth:`TextSettings.to_dict`); the
             featuriser maps text to ``num_features`` hashed features. ``None`` for sparse
             input data.
+        input_format: ``"sparse"`` (features, or text featurised into them) or
+            ``"dense"``: each example is a float vector ``embedding`` of ``num_features``
+            values, read by each repetition's first layer, or by ``encoder``.
+        encoder: For dense runs built on the user's Keras encoder, where it comes from and
+            its fingerprint (:meth:`EncoderSettings.to_dict`); ``None`` otherwise.
         format_version: Version of this file's schema.
     """
 
@@ -367,6 +294,8 @@ class MachConfig:
     seed: int = 0
     hashing: dict | None = None
     text: dict | None = None
+    input_format: str = "sparse"
+    encoder: dict | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -424,7 +353,7 @@ class MachConfig:
                                ("feature_norm", FEATURE_NORMS),
                                ("feature_weighting", FEATURE_WEIGHTINGS),
                                ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),
-                               ("precision", PRECISIONS),
+                               ("precision", PRECISIONS), ("input_format", INPUT_FORMATS),
                                ("early_stopping_metric", VALIDATION_METRICS)):
             if getattr(self, field) not in allowed:
                 bad(field, f"must be one of {allowed}, got {getattr(self, field)!r}")
@@ -453,6 +382,19 @@ class MachConfig:
             if self.feature_weighting != "none":
                 bad("feature_weighting", "must be 'none' for text models: the text "
                                          "featuriser already weights its features by tf-idf")
+        if self.input_format == "dense" and self.text is not None:
+            bad("text", "a dense run reads vectors, not text")
+        if self.input_format == "dense" and self.feature_weighting != "none":
+            bad("feature_weighting", "must be 'none' for dense inputs (it weights sparse "
+                                     "features by their document frequency)")
+        if self.encoder is not None:
+            self.encoder = EncoderSettings.from_dict(self.encoder).to_dict()
+            if self.input_format != "dense":
+                bad("encoder", "needs input_format='dense': an encoder reads the dense "
+                               "vectors 'embedding'")
+            if self.encoder["trainable"] and self.group_size != 1:
+                bad("group_size", f"must be 1 with a trainable encoder (each repetition "
+                                  f"trains its own copy), got {self.group_size}")
         family = self.hash_family  # validates the coefficients
         if family.num_repetitions != self.num_repetitions:
             bad("hashing", f"holds {family.num_repetitions} functions for "
@@ -493,6 +435,10 @@ class MachConfig:
 
     def num_params(self) -> int:
         """Trainable parameters of all R repetitions together."""
-        widths = [self.num_features] + self.hidden_units + [self.num_buckets]
+        encoder = self.encoder or {}
+        first = encoder.get("output_dim") or self.num_features
+        widths = [first] + self.hidden_units + [self.num_buckets]
         per_rep = sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
+        if encoder.get("trainable"):
+            per_rep += encoder.get("num_params") or 0
         return per_rep * self.num_repetitions

@@ -13,16 +13,24 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from mach_tf.config import DEFAULT_TEXT_FEATURES, TEXT_OVERRIDES, MachConfig, TextSettings
+from mach_tf.config import MachConfig
 from mach_tf.errors import RunDirError
 from mach_tf.hashing import buckets_tf
+from mach_tf.inputs import DEFAULT_TEXT_FEATURES, TEXT_OVERRIDES, TextSettings
+from mach_tf.model.encoders import encoder_settings
+from mach_tf.model.network import DENSE_KEY
 from tfrecords_tools.dataset import batch_and_parse, make_dataset, make_record_dataset
 from tfrecords_tools.manifest import Manifest
+
+#: The keys of ``train --encoder-file/--encoder/--freeze-encoder`` among config overrides.
+ENCODER_OVERRIDES = ("encoder_file", "encoder_function", "freeze_encoder")
 
 
 # -- the data and the config --------------------------------------------------------------
 def config_for_data(train: str, **overrides) -> MachConfig:
-    """A config sized to the training data's manifest (K, D, N), with ``overrides``."""
+    """A config sized to the training data's manifest (K, D, N), with ``overrides`` (dense
+    data may also name an encoder: ``encoder_file``, ``encoder_function``,
+    ``freeze_encoder``)."""
     m = Manifest.load(train)
     num_features, overrides = data_config_overrides(m, overrides)  # text: D and featuriser
     return MachConfig.from_data(m.num_labels, num_features, m.num_examples, **overrides)
@@ -33,15 +41,42 @@ def data_config_overrides(manifest, overrides: dict) -> tuple[int, dict]:
 
     For text data, D is the featuriser's hash space (``text_features`` in ``overrides``,
     default :data:`DEFAULT_TEXT_FEATURES`) and ``word_ngrams`` / ``char_ngrams`` become the
-    config's ``text`` settings; for sparse data, D is the manifest's.
+    config's ``text`` settings; for sparse data, D is the manifest's; for dense data, D is
+    the vectors' width d, the input format ``"dense"``, the vectors are fed as they are
+    (``feature_norm="none"`` unless asked), and an encoder named in ``overrides``
+    (:data:`ENCODER_OVERRIDES`) becomes the config's ``encoder`` section (a trainable one
+    trains each repetition alone: ``group_size=1``).
 
     Raises:
-        ValueError: text settings asked for sparse data.
-        RunDirError: dense data (see :func:`refuse_dense`).
+        ValueError: text settings asked for sparse or dense data, an encoder for other
+            than dense data.
+        mach_tf.errors.EncoderError: an encoder that cannot be loaded or used.
     """
-    refuse_dense(manifest, "training")
-    out = {k: v for k, v in overrides.items() if k not in TEXT_OVERRIDES}
+    out = {k: v for k, v in overrides.items()
+           if k not in TEXT_OVERRIDES and k not in ENCODER_OVERRIDES}
     given = [k for k in TEXT_OVERRIDES if overrides.get(k) is not None]
+    encoder = {k: overrides.get(k) for k in ENCODER_OVERRIDES}
+    if manifest.embedding_dim is not None:
+        if given:
+            raise ValueError(f"{manifest.path}: holds dense vectors; "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to "
+                             f"text data (convert it with --format text)")
+        out["input_format"] = "dense"
+        out.setdefault("feature_norm", "none")
+        if encoder["encoder_file"] is not None or encoder["encoder_function"] is not None:
+            out["encoder"] = encoder_settings(
+                manifest.embedding_dim, file=encoder["encoder_file"],
+                function=encoder["encoder_function"],
+                frozen=bool(encoder["freeze_encoder"]))
+            if out["encoder"]["trainable"]:
+                out.setdefault("group_size", 1)
+        elif encoder["freeze_encoder"]:
+            raise ValueError("--freeze-encoder needs --encoder-file")
+        return manifest.embedding_dim, out
+    if any(v for v in encoder.values()):
+        raise ValueError(f"{manifest.path}: holds {'text' if manifest.text else 'sparse'} "
+                         f"data; an encoder reads dense vectors (convert them with "
+                         f"'mach-tf convert --format dense')")
     if not manifest.text:
         if given:
             raise ValueError(f"{manifest.path}: holds sparse features; "
@@ -67,11 +102,12 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
     """
     m = Manifest.load(data)
     check_data_kind(config, m, role)
+    dense = config.input_format == "dense"
     beyond = [f"{field}={have}, beyond the run's config ({mine}={want})"
               for field, have, mine, want in (
                   ("num_features", m.num_features, "num_features", config.num_features),
                   ("num_labels", m.num_labels, "num_classes", config.num_classes))
-              if have > want]
+              if have > want and not (dense and field == "num_features")]
     if beyond:
         raise RunDirError(
             f"{m.path}: {role} data has " + "; ".join(beyond) + " (its ids may lie "
@@ -82,7 +118,7 @@ def check_data(config: MachConfig, data: str, role: str) -> None:
 
 
 def refuse_dense(manifest, role: str, reads: str = "sparse features or raw text") -> None:
-    """Refuses a dataset of dense embeddings: MACH models read sparse features or text.
+    """Refuses a dataset of dense embeddings for a model of sparse features or text.
 
     Raises:
         RunDirError: naming the manifest and what the run reads.
@@ -95,12 +131,24 @@ def refuse_dense(manifest, role: str, reads: str = "sparse features or raw text"
 
 
 def check_data_kind(config, manifest, role: str) -> None:
-    """Refuses text data for a model of sparse features, and the other way round, and
-    dense data for either.
+    """Refuses text data for a model of sparse features, and the other way round, dense
+    data for either, and sparse, text or other-width data for a dense model.
 
     Raises:
         RunDirError: naming the manifest and what the run expects.
     """
+    if config.input_format == "dense":
+        if manifest.embedding_dim is None:
+            kind = "raw text" if manifest.text else "sparse features"
+            raise RunDirError(
+                f"{manifest.path}: {role} data holds {kind} "
+                f"but the run's model reads dense vectors of {config.num_features} values; "
+                f"convert them with 'mach-tf convert --format dense'")
+        if manifest.embedding_dim != config.num_features:
+            raise RunDirError(
+                f"{manifest.path}: {role} data has embedding_dim={manifest.embedding_dim}, "
+                f"the run's model reads vectors of num_features={config.num_features}")
+        return
     refuse_dense(manifest, role, "raw text" if config.text is not None else "sparse features")
     if manifest.text and config.text is None:
         raise RunDirError(
@@ -116,7 +164,10 @@ def check_data_kind(config, manifest, role: str) -> None:
 
 # -- batches -------------------------------------------------------------------------------
 def to_model_inputs(batch: dict) -> dict:
-    """Ragged ``feature_ids``/``feature_values`` -> padded dense (ids padded with -1)."""
+    """Ragged ``feature_ids``/``feature_values`` -> padded dense (ids padded with -1); a
+    dense batch's ``embedding`` as it is."""
+    if DENSE_KEY in batch:
+        return {DENSE_KEY: tf.cast(batch[DENSE_KEY], tf.float32)}
     ids = batch["feature_ids"]
     vals = batch["feature_values"]
     if isinstance(ids, tf.RaggedTensor):
@@ -173,7 +224,9 @@ def training_batches(records: tf.data.Dataset, config: MachConfig,
                      featurizer=None) -> tf.data.Dataset:
     """``(inputs, targets)`` batches of a stream of serialized records."""
     ds = batch_and_parse(records, batch_size or config.batch_size,
-                         with_text=featurizer is not None)
+                         with_text=featurizer is not None,
+                         embedding_dim=config.num_features
+                         if config.input_format == "dense" else None)
     reps = list(repetitions)
     inputs = _inputs(featurizer)
     return ds.map(lambda b: (inputs(b), bucket_targets(b["labels"], config, reps)),

@@ -27,3 +27,8 @@ class ClaimLost(RuntimeError):
 class UnreadableCheckpointError(OSError):
     """Neither the latest nor the previous step checkpoint of a group can be loaded; the
     group is trained again from its start."""
+
+
+class EncoderError(ValueError):
+    """A user's encoder (``--encoder-file`` or ``--encoder``) that cannot be loaded, built or
+    used on the data, naming where it came from."""

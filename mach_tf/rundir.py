@@ -49,7 +49,8 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
-from mach_tf.errors import RunDirError
+from mach_tf.errors import EncoderError, RunDirError
+from mach_tf.model.encoders import resolve_function
 from mach_tf.model.network import (MachModel, add_bucket_prior, bucket_prior,
                                    repetition_seed, stack)
 from tfrecords_tools import atomic
@@ -374,6 +375,7 @@ def _check_repetition(r: int, config: MachConfig, model, marker: dict) -> list[s
                              ("hidden_units", model.hidden_units, config.hidden_units),
                              ("activation", model.activation, config.activation),
                              ("feature_norm", model.feature_norm, config.feature_norm),
+                             ("input_format", model.input_format, config.input_format),
                              ("initialisation seed", model.seeds,
                               [repetition_seed(config, r)])):
         if have != want:
@@ -414,6 +416,11 @@ def load_repetitions(run: str, repetitions=None, served: bool = True,
                          f"unfinished (training started, no {COMPLETE})")
         raise RunDirError(f"{run}: " + " and ".join(parts) + "; run 'mach-tf train' again "
                           "with the same --model-dir to finish them")
+    if config.encoder is not None and config.encoder["source"] == "function":
+        try:  # its module may register the custom layers the saved models name
+            resolve_function(config.encoder["function"])
+        except EncoderError as e:
+            raise RunDirError(f"{run}: {e}") from None
     models = []
     for r in reps:
         try:

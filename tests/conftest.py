@@ -14,6 +14,7 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 from export.stitch import export_model  # noqa: E402  (after the environment is set)
 from mach_tf.config import MachConfig  # noqa: E402
 from mach_tf.datasets.synthetic import SyntheticSpec, write_split  # noqa: E402
+from mach_tf.datasets.synthetic_dense import write_dense_split  # noqa: E402
 from mach_tf.launch.local import train  # noqa: E402
 from tfrecords_tools.convert import convert  # noqa: E402
 
@@ -58,3 +59,16 @@ def tiny_export(tmp_path_factory, tiny_run):
     base = tmp_path_factory.mktemp("tiny_export") / "mach"
     res = export_model(tiny_run, str(base), top_k=5, decoder="exact")
     return res.path, res
+
+
+@pytest.fixture(scope="session")
+def dense_data(tmp_path_factory):
+    """``{"dir", "train", "test", "dim", "classes"}``: a small synthetic dense dataset (200
+    classes, 32-wide vectors) converted with ``--format dense``."""
+    d = tmp_path_factory.mktemp("dense_data")
+    paths = write_dense_split(str(d / "raw"), 200, 32, 3000, 500, seed=1, noise=0.8)
+    for name in ("train", "test"):
+        convert(paths[name][0], str(d / "tfr" / name), fmt="dense",
+                labels_path=paths[name][1], num_labels=200)
+    return {"dir": str(d), "train": str(d / "tfr" / "train"), "test": str(d / "tfr" / "test"),
+            "dim": 32, "classes": 200}

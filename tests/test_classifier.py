@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import mach_tf
 from mach_tf.classifier import MachClassifier
-from mach_tf.config import default_buckets, default_repetitions
+from mach_tf.config import default_buckets, default_head_repetitions
 from mach_tf.inference.reference import exact_topk_numpy
 from mach_tf.layers import MachHead, bucket_table
 from mach_tf.losses import MachLoss
@@ -59,10 +59,17 @@ def p_at_1(ids, y):
     return float(np.mean(ids[:, 0] == y[:, 0]))
 
 
+def test_head_repetitions_keep_the_head_a_fifth_of_a_softmax():
+    assert default_head_repetitions(100_000, 4096) == 4  # 6.1x fewer outputs than K
+    assert default_head_repetitions(1_000_000, 8192) == 8  # train's R where it fits
+    assert default_head_repetitions(5_000, 1024) == 4  # at least 4
+    assert default_head_repetitions(80_000, 1024) == 15  # R * B <= K / 5
+
+
 def test_defaults_follow_mach_tf_train():
     model = MachClassifier(make_encoder(), K)
     assert model.num_buckets == default_buckets(K) and \
-        model.num_repetitions == default_repetitions(K)
+        model.num_repetitions == default_head_repetitions(K, model.num_buckets)
     assert isinstance(model.head, MachHead)
     assert (model.head.num_buckets, model.head.num_repetitions) == \
         (model.num_buckets, model.num_repetitions)

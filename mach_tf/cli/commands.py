@@ -93,9 +93,15 @@ def _train_config(a):
     if overrides.get("hidden_units") == [0]:
         overrides["hidden_units"] = []  # --hidden 0: a linear model
     text = {k: getattr(a, k) for k in TEXT_OVERRIDES if getattr(a, k) is not None}
+    encoder = {k: v for k, v in (("encoder_file", a.encoder_file),
+                                 ("encoder_function", a.encoder),
+                                 ("freeze_encoder", a.freeze_encoder or None)) if v is not None}
     if a.config and text:
         raise UsageError("mach-tf train: --text-features/--word-ngrams/--char-ngrams cannot "
                          "change a --config; edit its num_features and text settings instead")
+    if a.config and encoder:
+        raise UsageError("mach-tf train: --encoder-file/--encoder/--freeze-encoder cannot "
+                         "change a --config; its encoder section says which encoder")
     if a.config:
         try:  # JSON only: a config never carries code
             with open(a.config, encoding="utf-8") as f:
@@ -103,9 +109,9 @@ def _train_config(a):
         except (OSError, ValueError, TypeError) as e:
             raise ValueError(f"{a.config}: not a readable mach-tf config (JSON): {e}") from None
         return base.replace(**overrides) if overrides else base
-    if not overrides and not text and rundir.is_run_dir(a.model_dir):
+    if not overrides and not text and not encoder and rundir.is_run_dir(a.model_dir):
         return None
-    return config_for_data(a.train, **overrides, **text)
+    return config_for_data(a.train, **overrides, **text, **encoder)
 
 
 def _fit_verbosity(a) -> int:

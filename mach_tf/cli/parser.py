@@ -236,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--word-ngrams", type=int, help="text data: word n-grams 1..N (default 2)")
     t.add_argument("--char-ngrams", type=int,
                    help="text data: character n-gram width inside words, 0 = off (default 0)")
+    t.add_argument("--encoder-file", type=expand_path, metavar="FILE.keras",
+                   help="dense data: start every repetition from this saved Keras encoder "
+                        "(copied into the run directory)")
+    t.add_argument("--freeze-encoder", action="store_true",
+                   help="with --encoder-file: keep its weights, shared by a group's "
+                        "repetitions (default: each repetition fine-tunes its own copy)")
+    t.add_argument("--encoder", metavar="MODULE:FUNCTION",
+                   help="dense data: FUNCTION(input_dim=d, seed=s) returns a fresh Keras "
+                        "encoder per repetition (MODULE importable by every worker)")
     t.add_argument("--worker-index", type=int, help="this worker's index (scheduler mode)")
     t.add_argument("--num-workers", type=int, help="number of workers (scheduler mode)")
     t.add_argument("--workers", type=int, default=1,
@@ -322,8 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run's (no retraining)")
 
     r = _sub(sub, "predict", "Query an export: one query per line on stdin (XMC features "
-                             "'id:value ...', or raw text with --text), one JSON line out per "
-                             "input line, in order; an empty line is an empty query.", [common])
+                             "'id:value ...', a dense export's d numbers separated by spaces "
+                             "or commas, or raw text with --text), one JSON line out per "
+                             "input line, in order; an empty line is an empty query (refused "
+                             "by a dense export).", [common])
     r.add_argument("--model", required=True, type=expand_path,
                    help="export (BASE/NAME or BASE/NAME/VERSION)")
     r.add_argument("--top-k", type=int, help="return at most this many (<= the export's)")

@@ -106,6 +106,9 @@ def evaluate(model: str, test: str, ks: Sequence[int] = (1, 3, 5), decoder: str 
              popularity_penalty: float | None = None) -> dict:
     """P@k, nDCG@k (and PSP@k for run directories) of a model on test data.
 
+    An export answers through its ``serving_default`` (padded sparse features, or a dense
+    model's ``embedding`` vectors), or ``predict_text`` for raw text test data.
+
     Args:
         model: A run directory, or an export (``BASE/NAME`` or ``BASE/NAME/VERSION``).
         test: Test data prefix.
@@ -195,8 +198,13 @@ def _evaluate(model, test, ks, decoder, candidate_buckets, batch_size, repetitio
         fn = filtered_signature(loaded, path, name) if excluded.size else \
             loaded.signatures[name]
         metrics = RankingMetrics(ks)
+        takes = set(loaded.signatures[name].structured_input_signature[1])
         for inputs, labels in evaluation_dataset(test, batch_size or 256, raw_text=text):
+            # Padded sparse features, or a dense batch's embedding, as serving_default takes.
             query = {"text": inputs} if text else dict(inputs)
+            if not set(query) <= takes:  # an export without its config's record
+                raise ValueError(f"{path}: its {name} takes {sorted(takes)}, the test data "
+                                 f"{test} gives {sorted(query)}")
             if excluded.size:
                 query.update(no_filters(labels.nrows(), excluded))
             out = fn(**query)

@@ -1,20 +1,26 @@
-"""Query an exported SavedModel with XMC text lines, or a text model with raw queries (the
-``mach-tf predict [--text]`` command)."""
+"""Query an exported SavedModel with XMC text lines, a dense model with lines of numbers,
+or a text model with raw queries (the ``mach-tf predict [--text]`` command)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import IO, Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
 
 from mach_tf import rundir
+from mach_tf.data import DENSE_KEY
 from mach_tf.inference.evaluation import (export_info_path, filtered_signature, no_filters,
                                           resolve_export)
 from mach_tf.inference.filters import excluded_set
-from tfrecords_tools.parse import DataFormatError, is_header_line, parse_line
+from tfrecords_tools.parse import FLOAT32_OVERFLOW, DataFormatError, is_header_line, parse_line
 from tfrecords_tools.text_format import query_text
+
+#: Between two values of a dense query line: a comma (spaces around it allowed) or spaces.
+_VECTOR_SEPARATOR = re.compile(r"\s*,\s*|\s+")
 
 
 def pad_batch(rows: list[tuple[list[int], list[float]]]) -> dict:
@@ -26,6 +32,52 @@ def pad_batch(rows: list[tuple[list[int], list[float]]]) -> dict:
         ids[i, :len(fi)] = fi
         vals[i, :len(fv)] = fv
     return {"feature_ids": ids, "feature_values": vals}
+
+
+def parse_vector_line(text: str, width: int | None = None) -> list[float]:
+    """The values of a dense query line: d numbers separated by spaces or commas.
+
+    Args:
+        text: The line, without its line end.
+        width: d, the number of values the model reads; ``None``: any number but none.
+
+    Returns:
+        The values, as floats.
+
+    Raises:
+        ValueError: naming what is wrong: an empty line (a vector cannot be empty), a value
+            that is not a number, not finite or beyond float32 (by its position), or a count
+            other than ``width``.
+    """
+    stripped = text.strip()
+    want = f"{width} numbers" if width is not None else "numbers"
+    if not stripped:
+        raise ValueError(f"empty line: a dense query is a vector of {want} separated by "
+                         f"spaces or commas")
+    values = []
+    for i, part in enumerate(_VECTOR_SEPARATOR.split(stripped), start=1):
+        try:
+            v = float(part)
+        except ValueError:
+            what = "is empty (two commas in a row?)" if not part else \
+                f"{part[:40]!r} is not a number"
+            raise ValueError(f"value {i} {what}; a dense query is a vector of {want} "
+                             f"separated by spaces or commas") from None
+        if not math.isfinite(v):
+            raise ValueError(f"value {i} {part!r} is not finite")
+        if abs(v) >= FLOAT32_OVERFLOW:
+            raise ValueError(f"value {i} {part!r} overflows float32 (|value| must be below "
+                             f"3.4028235e+38)")
+        values.append(v)
+    if width is not None and len(values) != width:
+        raise ValueError(f"{len(values)} values; the model reads vectors of "
+                         f"num_features={width} values")
+    return values
+
+
+def takes_dense(signature) -> bool:
+    """Whether an export's signature takes dense vectors (``embedding``)."""
+    return DENSE_KEY in signature.structured_input_signature[1]
 
 
 def load_signature(model: str, name: str = "serving_default"):
@@ -80,7 +132,8 @@ def _write_answers(res: dict, count: int, out: IO[str], top_k: int | None) -> No
 def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
                   batch_size: int = 256, source: str = "<stdin>",
                   log: Callable[[str], None] | None = None, exclude_classes=None) -> int:
-    """Answers every input line, a query ``[labels] id:value ...``, with one JSON line.
+    """Answers every input line, a query ``[labels] id:value ...`` (for a dense export, d
+    numbers: see :func:`predict_dense_lines`), with one JSON line.
 
     Each output line is ``{"label_ids": [...], "scores": [...], "labels": [...]}``, in the
     order of the input lines: an empty line is an empty query (no features) and is answered
@@ -98,7 +151,10 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
             are answered. When the export takes raw text (it has ``predict_text``), the
             message says to send text.
     """
-    loaded, _ = load_signature(model)
+    loaded, default = load_signature(model)
+    if takes_dense(default):
+        return _answer_dense(loaded, model, lines, out, top_k, batch_size, source,
+                             exclude_classes)
     fn = answering(loaded, model, "serving_default", exclude_classes)
     takes_text = "predict_text" in loaded.signatures
     num_features = _export_dimension(model, "num_features")
@@ -141,6 +197,67 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
     return n
 
 
+def predict_dense_lines(model: str, lines: Iterable[str], out: IO[str],
+                        top_k: int | None = None, batch_size: int = 256,
+                        source: str = "<stdin>", exclude_classes=None) -> int:
+    """Answers every line, a dense query of d numbers separated by spaces or commas, with
+    one JSON line (as :func:`predict_lines`), through ``serving_default``.
+
+    Every line is a query, answered in input order; an empty line is refused (a vector
+    cannot be empty). d is the export's ``num_features``.
+
+    Returns:
+        The number of queries answered.
+
+    Raises:
+        DataFormatError: naming the line that is empty, holds another number of values, or
+            a value that is not a finite float32 number, after the lines before it are
+            answered.
+        ValueError: when the export takes sparse features or text, not dense vectors.
+    """
+    loaded, default = load_signature(model)
+    if not takes_dense(default):
+        kind = "text" if "predict_text" in loaded.signatures else "sparse features"
+        raise ValueError(f"{model}: the export's model was trained on {kind}, not dense "
+                         f"vectors")
+    return _answer_dense(loaded, model, lines, out, top_k, batch_size, source,
+                         exclude_classes)
+
+
+def _answer_dense(loaded, model: str, lines: Iterable[str], out: IO[str], top_k: int | None,
+                  batch_size: int, source: str, exclude_classes) -> int:
+    """:func:`predict_dense_lines` on an export already loaded."""
+    fn = answering(loaded, model, "serving_default", exclude_classes)
+    # Without the export's config (an info file removed), the first line sets d; the
+    # serving graph still refuses a width other than the model's.
+    width = _export_dimension(model, "num_features")
+    n = 0
+    batch: list[list[float]] = []
+
+    def flush():
+        if batch:
+            x = np.asarray(batch, np.float32).reshape(len(batch), -1)
+            _write_answers(fn(**{DENSE_KEY: tf.constant(x)}), len(batch), out, top_k)
+            batch.clear()
+
+    for lineno, line in enumerate(lines, start=1):
+        text = line.rstrip("\r\n")
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+        try:
+            values = parse_vector_line(text, width)
+        except ValueError as e:
+            flush()  # the lines before the fault are answered
+            raise DataFormatError(source, lineno, str(e)) from None
+        width = len(values)
+        batch.append(values)
+        n += 1
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return n
+
+
 def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
                        top_k: int | None = None, batch_size: int = 256,
                        source: str = "<stdin>", exclude_classes=None) -> int:
@@ -159,8 +276,12 @@ def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
             are answered.
         ValueError: when the model has no ``predict_text`` (it was not trained on text).
     """
-    loaded, _ = load_signature(model)
+    loaded, default = load_signature(model)
     if "predict_text" not in loaded.signatures:
+        if takes_dense(default):
+            raise ValueError(f"{model}: the export has no predict_text signature (its model "
+                             f"was trained on dense vectors, not text); send lines of numbers "
+                             f"without --text")
         raise ValueError(f"{model}: the export has no predict_text signature (its model was "
                          f"trained on sparse features, not text); send XMC lines without "
                          f"--text")

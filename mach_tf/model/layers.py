@@ -238,3 +238,80 @@ class GroupedDense(keras.layers.Layer):
 
     def block(self, g):
         return np.asarray(self.kernel)[g], np.asarray(self.bias)[g]
+
+
+@keras.saving.register_keras_serializable(package="mach_tf")
+class DenseInput(keras.layers.Layer):
+    """The first layer of G repetitions over a dense input: ``y_g = act(x_g W_g + b_g)``.
+
+    The kernel is ``[d, G * H]`` (column block ``g`` is repetition ``g``'s), as
+    :class:`SparseDense`'s, so a group is split and stacked the same way. The input is
+    ``[batch, d]``, read by every repetition (one GEMM serves all G), or ``[batch, G, d]``,
+    one vector per repetition (each repetition's own encoder output). With
+    ``normalize="l2"`` each vector is first scaled to unit L2 norm.
+
+    Args:
+        input_dim: d.
+        units: Output width per repetition (H); the output is ``[batch, G, H]``.
+        groups: G.
+        activation: Activation after the bias.
+        normalize: ``"l2"`` or ``"none"``.
+        seeds: One initialisation seed per repetition.
+        kernel_initializer: Initializer of each ``[d, H]`` block.
+    """
+
+    def __init__(self, input_dim, units, groups=1, activation="relu", normalize="none",
+                 seeds=None, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = int(input_dim)
+        self.units = int(units)
+        self.groups = int(groups)
+        self.activation = keras.activations.get(activation)
+        if normalize not in ("none", "l2"):
+            raise ValueError(f"DenseInput: normalize must be 'none' or 'l2', got {normalize!r}")
+        self.normalize = normalize
+        self.seeds = [int(s) for s in (seeds if seeds is not None else range(self.groups))]
+        self.kernel_initializer = keras.initializers.serialize(
+            keras.initializers.get(kernel_initializer))
+        if len(self.seeds) != self.groups:
+            raise ValueError(f"DenseInput: {len(self.seeds)} seeds for {self.groups} groups")
+
+    def build(self, input_shape=None):
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.input_dim, self.groups * self.units),
+            initializer=_block_init(self.kernel_initializer, self.seeds,
+                                    (self.input_dim, self.units), axis=1))
+        self.bias = self.add_weight(name="bias", shape=(self.groups * self.units,),
+                                    initializer="zeros")
+        self.built = True
+
+    def call(self, x):
+        x = tf.cast(x, self.compute_dtype)
+        if self.normalize == "l2":
+            x = tf.math.l2_normalize(x, axis=-1)
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        bias = tf.cast(self.bias, self.compute_dtype)
+        if x.shape.rank == 2:
+            out = tf.reshape(tf.matmul(x, kernel) + bias, [-1, self.groups, self.units])
+        else:  # [batch, G, d] x [G, d, H]: one batched GEMM
+            blocks = tf.transpose(tf.reshape(kernel, [self.input_dim, self.groups,
+                                                      self.units]), [1, 0, 2])
+            out = tf.transpose(tf.matmul(tf.transpose(x, [1, 0, 2]), blocks), [1, 0, 2])
+            out = out + tf.reshape(bias, [self.groups, self.units])
+        return self.activation(out)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.groups, self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, units=self.units, groups=self.groups,
+                      activation=keras.activations.serialize(self.activation),
+                      normalize=self.normalize, seeds=self.seeds,
+                      kernel_initializer=self.kernel_initializer)
+        return config
+
+    def block(self, g):
+        """Repetition ``g``'s weights ``(kernel [d, H], bias [H])`` as numpy arrays."""
+        sl = slice(g * self.units, (g + 1) * self.units)
+        return np.asarray(self.kernel)[:, sl], np.asarray(self.bias)[sl]

@@ -1,7 +1,9 @@
-"""The per-repetition classifier f_r: sparse x -> logits over B buckets.
+"""The per-repetition classifier f_r: x -> logits over B buckets.
 
 :class:`MachModel` holds a group of G repetitions (G = 1 is one repetition alone) with
-separate weights: ``[batch, n]`` padded sparse input -> ``[batch, G, B]`` logits. A group
+separate weights: ``[batch, n]`` padded sparse input, or a dense ``[batch, d]`` vector
+(optionally through the user's own Keras encoder, shared when frozen, else one per
+repetition) -> ``[batch, G, B]`` logits. A group
 trained together can be split into G single-repetition models (:func:`split`), each saved
 and exported on its own, and any set of single repetitions can be stacked back into one
 group (:func:`stack`) for fast merged inference.
@@ -16,12 +18,15 @@ import numpy as np
 import tensorflow as tf
 
 from mach_tf.config import MachConfig
-from mach_tf.model.layers import GroupedDense, SparseDense
+from mach_tf.model.encoders import build_encoders, output_dim
+from mach_tf.model.layers import DenseInput, GroupedDense, SparseDense
 from mach_tf.model.losses import BucketLoss, StepCache
 from mach_tf.model.metrics import BucketAccuracy, RepetitionLoss
 from mach_tf.model.optimizers import make_optimizer
 
 INPUT_KEYS = ("feature_ids", "feature_values")
+#: The input of a dense run's model: float32 ``[batch, d]``.
+DENSE_KEY = "embedding"
 
 
 def repetition_seed(config: MachConfig, repetition: int) -> int:
@@ -47,14 +52,22 @@ class MachModel(keras.Model):
         precision: ``"float32"``, or ``"mixed_bfloat16"``: the matmuls run in bfloat16 on
             float32 weights (the logits are returned in float32). Training only: the
             repetitions are saved, stacked and exported in float32.
+        input_format: ``"sparse"`` or ``"dense"`` (``num_features`` is then d).
+        encoders: For a dense model, the user's Keras encoders (models, or their Keras
+            serializations): none, one shared by the G repetitions, or one per repetition;
+            the first layer then reads their output.
+        encoder_trainable: Whether the encoders train (``False``: they run in inference
+            mode and their weights stay as loaded).
 
     Call with a dict of ``feature_ids`` (int, ``[batch, n]``, -1 padded) and
-    ``feature_values`` (float32, ``[batch, n]``); returns logits ``[batch, G, B]``.
+    ``feature_values`` (float32, ``[batch, n]``), or for a dense model ``embedding``
+    (float32 ``[batch, d]``); returns logits ``[batch, G, B]``.
     """
 
     def __init__(self, num_features, num_buckets, hidden_units, repetitions=(0,), seeds=None,
                  activation="relu", dropout=0.0, feature_norm="l2", feature_weighting="none",
-                 precision="float32", **kwargs):
+                 precision="float32", input_format="sparse", encoders=(),
+                 encoder_trainable=True, **kwargs):
         # The model never casts its inputs: each layer casts what it computes with.
         super().__init__(dtype=precision, autocast=False, **kwargs)
         self.precision = precision
@@ -69,15 +82,35 @@ class MachModel(keras.Model):
         self.feature_norm = feature_norm
         self.feature_weighting = feature_weighting
         g = self.groups
-        # Without hidden layers the sparse input layer is the output layer: a linear model
-        # from the features to the B bucket logits (the MACH paper's classifier for
-        # sparse text features).
+        self.input_format = input_format
+        self.encoder_trainable = bool(encoder_trainable)
+        self.encoders = [keras.saving.deserialize_keras_object(e) if isinstance(e, dict)
+                         else e for e in encoders]
+        if self.encoders and (input_format != "dense" or len(self.encoders) not in (1, g)):
+            raise ValueError(f"MachModel: {len(self.encoders)} encoders for {g} dense "
+                             f"repetitions (input_format={input_format!r}): give none, one "
+                             f"shared or one per repetition")
+        for enc in self.encoders:
+            enc.trainable = self.encoder_trainable
+        # Without hidden layers the input layer is the output layer: a linear model from
+        # the features to the B bucket logits (the MACH paper's classifier for sparse text
+        # features).
         first = self.hidden_units[0] if self.hidden_units else self.num_buckets
-        self.sparse_input = SparseDense(self.num_features, first, groups=g,
-                                        activation=activation if self.hidden_units else None,
-                                        normalize=feature_norm, seeds=self.seeds,
-                                        weighting=feature_weighting, dtype=precision,
-                                        name="sparse_input")
+        first_activation = activation if self.hidden_units else None
+        if input_format == "dense":
+            self.encoder_dim = self.num_features
+            if self.encoders:
+                self.encoder_dim = output_dim(self.encoders[0], self.num_features,
+                                              f"{self.name}'s encoder")
+            self.dense_input = DenseInput(self.encoder_dim, first, groups=g,
+                                          activation=first_activation, normalize=feature_norm,
+                                          seeds=self.seeds, dtype=precision, name="dense_input")
+        else:
+            self.sparse_input = SparseDense(self.num_features, first, groups=g,
+                                            activation=first_activation,
+                                            normalize=feature_norm, seeds=self.seeds,
+                                            weighting=feature_weighting, dtype=precision,
+                                            name="sparse_input")
         self.hidden = [GroupedDense(h, groups=g, activation=activation,
                                     seeds=[s + 101 * (i + 1) for s in self.seeds],
                                     dtype=precision, name=f"hidden_{i + 1}")
@@ -89,20 +122,43 @@ class MachModel(keras.Model):
             if self.dropout > 0 and self.hidden_units else None
 
     @property
+    def input_layer(self):
+        """The first layer of every repetition (sparse or dense), kernel ``[D, G * H]``."""
+        return self.dense_input if self.input_format == "dense" else self.sparse_input
+
+    @property
+    def shares_encoder(self) -> bool:
+        return len(self.encoders) == 1
+
+    @property
     def dense_layers(self) -> list:
         """The layers after the sparse input layer (hidden, then output), in order."""
         return self.hidden + ([self.output_layer] if self.output_layer is not None else [])
 
     def build(self, input_shape=None):
-        self.sparse_input.build(None)
-        width = self.sparse_input.units
+        for enc in self.encoders:
+            if not enc.built:
+                enc.build((None, self.num_features))
+        self.input_layer.build(None)
+        width = self.input_layer.units
         for layer in self.dense_layers:
             layer.build((None, self.groups, width))
             width = layer.units
         self.built = True
 
+    def _first(self, inputs, training):
+        if self.input_format != "dense":
+            return self.sparse_input(inputs["feature_ids"], inputs["feature_values"])
+        x = tf.cast(inputs[DENSE_KEY], tf.float32)
+        mode = bool(training) and self.encoder_trainable
+        if len(self.encoders) == 1:
+            x = self.encoders[0](x, training=mode)
+        elif self.encoders:  # one encoder per repetition: [batch, G, e]
+            x = tf.stack([enc(x, training=mode) for enc in self.encoders], axis=1)
+        return self.dense_input(x)
+
     def call(self, inputs, training=False):
-        h = self.sparse_input(inputs["feature_ids"], inputs["feature_values"])
+        h = self._first(inputs, training)
         if self.drop is not None:
             h = self.drop(h, training=training)
         for layer in self.hidden:
@@ -119,7 +175,9 @@ class MachModel(keras.Model):
                 "hidden_units": self.hidden_units, "repetitions": self.repetitions,
                 "seeds": self.seeds, "activation": self.activation, "dropout": self.dropout,
                 "feature_norm": self.feature_norm, "feature_weighting": self.feature_weighting,
-                "precision": self.precision}
+                "precision": self.precision, "input_format": self.input_format,
+                "encoders": [keras.saving.serialize_keras_object(e) for e in self.encoders],
+                "encoder_trainable": self.encoder_trainable}
 
     def build_from_config(self, config):
         self.build(None)
@@ -129,16 +187,23 @@ class MachModel(keras.Model):
 
     # -- per-repetition weights ----------------------------------------------------------
     def repetition_weights(self, g: int) -> list[np.ndarray]:
-        """The weights of the group's ``g``-th repetition, in layer order."""
-        out = list(self.sparse_input.block(g))
+        """The weights of the group's ``g``-th repetition, in layer order (its encoder's,
+        if any, are :meth:`encoder_of`'s)."""
+        out = list(self.input_layer.block(g))
         for layer in self.dense_layers:
             out.extend(layer.block(g))
         return out
 
+    def encoder_of(self, g: int):
+        """The encoder repetition ``g`` reads through (``None`` without one)."""
+        if not self.encoders:
+            return None
+        return self.encoders[0] if self.shares_encoder else self.encoders[g]
+
     def set_repetition_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         ws = list(weights)
-        k, b = self.sparse_input.kernel, self.sparse_input.bias
-        h = self.sparse_input.units
+        k, b = self.input_layer.kernel, self.input_layer.bias
+        h = self.input_layer.units
         kv, bv = np.array(k), np.array(b)
         kv[:, g * h:(g + 1) * h], bv[g * h:(g + 1) * h] = ws[0], ws[1]
         k.assign(kv)
@@ -152,70 +217,99 @@ class MachModel(keras.Model):
             i += 2
 
 
-def build_model(config: MachConfig, repetitions: Sequence[int]) -> MachModel:
-    """A built (initialised) model holding ``repetitions`` of ``config``."""
+def build_model(config: MachConfig, repetitions: Sequence[int],
+                run: str | None = None) -> MachModel:
+    """A built (initialised) model holding ``repetitions`` of ``config`` (a run with an
+    encoder file needs its ``run`` directory, where the file is kept)."""
+    seeds = [repetition_seed(config, r) for r in repetitions]
+    encoders = build_encoders(config.encoder, seeds, run) if config.encoder else []
     model = MachModel(
         config.num_features, config.num_buckets, config.hidden_units,
-        repetitions=list(repetitions),
-        seeds=[repetition_seed(config, r) for r in repetitions],
+        repetitions=list(repetitions), seeds=seeds,
         activation=config.activation, dropout=config.dropout,
         feature_norm=config.feature_norm, feature_weighting=config.feature_weighting,
-        precision=config.precision,
+        precision=config.precision, input_format=config.input_format, encoders=encoders,
+        encoder_trainable=bool(config.encoder and config.encoder["trainable"]),
         name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
     model.build(None)
     return model
 
 
-def _like(model: MachModel, repetitions, seeds) -> MachModel:
+def clone_encoder(encoder):
+    """A copy of a Keras encoder with its weights (not shared with the original)."""
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(encoder))
+    copy.set_weights(encoder.get_weights())
+    return copy
+
+
+def _like(model: MachModel, repetitions, seeds, encoders=()) -> MachModel:
     m = MachModel(model.num_features, model.num_buckets, model.hidden_units,
                   repetitions=repetitions, seeds=seeds, activation=model.activation,
                   dropout=model.dropout, feature_norm=model.feature_norm,
-                  feature_weighting=model.feature_weighting,
+                  feature_weighting=model.feature_weighting, input_format=model.input_format,
+                  encoders=list(encoders), encoder_trainable=model.encoder_trainable,
                   name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
     m.build(None)
-    if model.sparse_input.feature_weights is not None:
-        m.sparse_input.set_feature_weights(np.asarray(model.sparse_input.feature_weights))
+    weights = getattr(model.input_layer, "feature_weights", None)
+    if weights is not None:
+        m.sparse_input.set_feature_weights(np.asarray(weights))
     return m
 
 
 def split(model: MachModel) -> list[MachModel]:
-    """The group's repetitions as G single-repetition models (weights copied)."""
+    """The group's repetitions as G single-repetition models (weights copied; each gets its
+    own copy of the encoder it reads through)."""
     out = []
     for g, (r, s) in enumerate(zip(model.repetitions, model.seeds)):
-        m = _like(model, [r], [s])
+        enc = model.encoder_of(g)
+        m = _like(model, [r], [s], [clone_encoder(enc)] if enc is not None else [])
         m.set_repetition_weights(0, model.repetition_weights(g))
         out.append(m)
     return out
+
+
+def _stacked_encoders(models: Sequence[MachModel]) -> list:
+    """The encoders of the stack of ``models``: none, one when every repetition reads
+    through the same frozen encoder (equal weights), else one per repetition."""
+    if not models[0].encoders:
+        return []
+    per_rep = [m.encoder_of(g) for m in models for g in range(m.groups)]
+    first = per_rep[0]
+    if not models[0].encoder_trainable and all(
+            all(np.array_equal(a, b) for a, b in zip(first.get_weights(), e.get_weights()))
+            for e in per_rep[1:]):
+        return [clone_encoder(first)]
+    return [clone_encoder(e) for e in per_rep]
 
 
 def stack(models: Sequence[MachModel]) -> MachModel:
     """One group model holding every repetition of ``models`` (weights copied).
 
     All models must share D, B, the hidden widths, activation, feature normalisation and
-    feature weights.
+    feature weights, the input format and whether they have encoders.
     """
     first = models[0]
 
     def shape(m):
         return (m.num_features, m.num_buckets, m.hidden_units, m.activation, m.feature_norm,
-                m.feature_weighting)
+                m.feature_weighting, m.input_format, bool(m.encoders), m.encoder_trainable)
 
+    first_weights = getattr(first.input_layer, "feature_weights", None)
     for m in models[1:]:
         if shape(m) != shape(first):
             raise ValueError(f"cannot stack {m.name} with {first.name}: different shapes")
-        if first.sparse_input.feature_weights is not None and not np.array_equal(
-                np.asarray(m.sparse_input.feature_weights),
-                np.asarray(first.sparse_input.feature_weights)):
+        if first_weights is not None and not np.array_equal(
+                np.asarray(m.input_layer.feature_weights), np.asarray(first_weights)):
             raise ValueError(f"cannot stack {m.name} with {first.name}: different feature "
                              f"weights (trained on different data?)")
     reps = [r for m in models for r in m.repetitions]
     seeds = [s for m in models for s in m.seeds]
-    out = _like(first, reps, seeds)
+    out = _like(first, reps, seeds, _stacked_encoders(models))
     # Concatenate blocks directly: one assign per variable, not per repetition.
-    out.sparse_input.kernel.assign(
-        np.concatenate([np.asarray(m.sparse_input.kernel) for m in models], axis=1))
-    out.sparse_input.bias.assign(
-        np.concatenate([np.asarray(m.sparse_input.bias) for m in models], axis=0))
+    out.input_layer.kernel.assign(
+        np.concatenate([np.asarray(m.input_layer.kernel) for m in models], axis=1))
+    out.input_layer.bias.assign(
+        np.concatenate([np.asarray(m.input_layer.bias) for m in models], axis=0))
     for i, layer in enumerate(out.dense_layers):
         srcs = [m.dense_layers[i] for m in models]
         layer.kernel.assign(np.concatenate([np.asarray(s.kernel) for s in srcs], axis=0))
@@ -250,7 +344,7 @@ def add_bucket_prior(model: MachModel, prior: np.ndarray) -> None:
     """Adds each repetition's row of :func:`bucket_prior` to its output bias. With the
     softmax loss and the ``logprob`` merge this adds the row to the bucket scores, up to a
     constant per example and repetition that does not change any ranking."""
-    layer = model.output_layer if model.output_layer is not None else model.sparse_input
+    layer = model.output_layer if model.output_layer is not None else model.input_layer
     rows = np.asarray(prior)[model.repetitions]  # [G, B]
     bias = np.asarray(layer.bias)
     layer.bias.assign((bias + rows.reshape(bias.shape)).astype(bias.dtype))

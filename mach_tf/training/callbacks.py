@@ -175,7 +175,7 @@ class MergedValidation(keras.callbacks.Callback):
         for inputs, labels in self.sample.batches:
             for i in range(0, len(labels), step):
                 part = {k: v[i:i + step] for k, v in inputs.items()}
-                n = len(part["feature_ids"])
+                n = len(labels[i:i + step])
                 done = None if self.done_scores is None else \
                     tf.constant(self.done_scores[start:start + n], tf.float32)
                 yield part, labels[i:i + n], done

@@ -202,7 +202,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     work = rundir.group_work_dir(run, group)
     ckpt_dir = rundir.checkpoint_dir(run, group)
     keras.utils.set_random_seed(config.seed + 1000 * group[0])
-    model = build_model(config, group)
+    model = build_model(config, group, run)
     # Text runs featurise in the tf.data pipeline.
     featurizer = load_featurizer(run, config) if config.text is not None else None
     # Data split, feature weights, merged validation and early stopping.

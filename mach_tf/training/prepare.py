@@ -15,6 +15,7 @@ import tensorflow as tf
 from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.data import check_data
+from mach_tf.model.encoders import install_encoder_file
 from mach_tf.text.statistics import adapt_run
 from tfrecords_tools import atomic
 from tfrecords_tools.dataset import make_dataset
@@ -41,7 +42,8 @@ def count_labels(data, num_classes: int, num_features: int | None = None
     with located_read_errors(m):
         for batch in make_dataset(m, 8192, shuffle=False):
             labels = batch["labels"].flat_values.numpy()
-            ids = batch["feature_ids"].flat_values.numpy()
+            ids = batch["feature_ids"].flat_values.numpy() if "feature_ids" in batch \
+                else np.zeros(0, np.int64)  # dense data: its width is the manifest's
             if (labels.size and (labels.min() < 0 or labels.max() >= num_classes)) or (
                     num_features is not None and ids.size
                     and (ids.min() < 0 or ids.max() >= num_features)):
@@ -61,6 +63,8 @@ def prepare_run(run: str, config: MachConfig, train: str, valid: str | None = No
         config = adapt_run(run, config, train)
     config = rundir.ensure_config(run, config)
     check_data(config, train, "training")
+    if config.encoder is not None and config.encoder["source"] == "file":
+        install_encoder_file(run, config.encoder)  # every worker builds from the run's copy
     if valid:
         check_data(config, valid, "validation")
     path = rundir.train_data_path(run)

@@ -3,7 +3,8 @@ benchmark itself trains two models for minutes; it is run by hand.)"""
 
 import numpy as np
 
-from benchmarks.dense_head import class_centres, class_probabilities, make_data, sample_points
+from benchmarks.dense_head import make_data
+from mach_tf.datasets.synthetic_dense import class_centres, class_probabilities, sample_points
 
 SMALL = {"classes": 50, "dim": 16, "hidden": 8, "train": 300, "test": 40, "alpha": 1.0,
          "noise": 1.0, "epochs": 1, "batch_size": 32}

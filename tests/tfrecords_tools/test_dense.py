@@ -395,7 +395,7 @@ def test_cli_faults_and_usage_errors(tmp_path):
         convert(feats, str(tmp_path / "nf"), "dense")
 
 
-# -- dense data is not for the sparse or text runs -----------------------------------------
+# -- dense data is for dense runs only -------------------------------------------------------
 def test_runs_refuse_dense_data(tmp_path):
     x, _, lines = random_data(n=8, d=4)
     feats, lab = write_data(tmp_path, x, lines)
@@ -409,5 +409,11 @@ def test_runs_refuse_dense_data(tmp_path):
     text = sparse.replace(text={})
     with pytest.raises(RunDirError, match="test data holds dense embeddings .* reads raw text"):
         check_data(text, prefix, "test")
-    with pytest.raises(RunDirError, match="holds dense embeddings"):
-        config_for_data(prefix)
+    dense = config_for_data(prefix)  # a config sized to dense data reads dense vectors
+    assert (dense.input_format, dense.num_features) == ("dense", 4)
+    check_data(dense, prefix, "training")
+    with pytest.raises(RunDirError, match="embedding_dim=4, the run's model reads vectors of "
+                                          "num_features=5"):
+        check_data(dense.replace(num_features=5), prefix, "training")
+    with pytest.raises(ValueError, match="--word-ngrams apply to text data"):
+        config_for_data(prefix, word_ngrams=2)

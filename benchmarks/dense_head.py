@@ -8,9 +8,10 @@ power law over the classes (class ``i`` with probability proportional to
 (same architecture, same initial weights) and train on the same points for the same
 epochs and batch size:
 
-* **mach**: ``MachClassifier(encoder, K)`` with its defaults for B and R and its default
-  ``compile()`` (Adam at Keras' default learning rate, :class:`~mach_tf.losses.MachLoss`,
-  merged P@1);
+* **mach**: ``MachClassifier(encoder, K)`` with its defaults for B and R (or ``--buckets``,
+  ``--repetitions``) and its default ``compile()`` (Adam at Keras' default learning rate,
+  :class:`~mach_tf.losses.MachLoss`; ``--merged-metric`` adds the merged P@1, which ranks
+  all K classes at every step);
 * **softmax**: the encoder followed by ``Dense(K)``, sparse categorical cross-entropy on
   the logits, Adam at the same learning rate.
 
@@ -112,7 +113,8 @@ def run_model(kind: str, settings: dict, seed: int, quiet: bool) -> dict:
     if kind == "mach":
         model = MachClassifier(encoder, k, num_buckets=settings.get("buckets"),
                                num_repetitions=settings.get("repetitions"), seed=seed)
-        model.compile()
+        model.compile(metrics=model.merged_metrics(1) if settings.get("merged_metric")
+                      else None)
         model.build((None, settings["dim"]))
         head_params = model.head.count_params()
         extra = {"buckets": model.num_buckets, "repetitions": model.num_repetitions}
@@ -187,12 +189,14 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, help="override the settings' epochs")
     p.add_argument("--buckets", type=int, help="MACH's B (default: MachClassifier's)")
     p.add_argument("--repetitions", type=int, help="MACH's R (default: MachClassifier's)")
+    p.add_argument("--merged-metric", action="store_true",
+                   help="compile MACH with the merged P@1 metric (ranks all K every step)")
     args = p.parse_args(argv)
     t0 = time.time()
     settings = dict(SETTINGS["small" if args.small else "default"])
     if args.epochs:
         settings["epochs"] = args.epochs
-    for key in ("buckets", "repetitions"):
+    for key in ("buckets", "repetitions", "merged_metric"):
         if getattr(args, key):
             settings[key] = getattr(args, key)
     out = run_benchmark(settings, args.seed, args.json, lambda m: say("dense_head", args, m))

@@ -3,7 +3,7 @@ top-k over all K classes (every Keras backend).
 
     encoder = keras.Sequential([keras.Input((32,)), keras.layers.Dense(128, "relu")])
     model = mach_tf.MachClassifier(encoder, num_classes=200)
-    model.compile()                      # Adam, MachLoss, merged P@1
+    model.compile()                      # Adam, MachLoss
     model.fit(x, y, epochs=5)            # y: int [n, max_labels] class ids padded with -1
     ids, scores = model.predict_topk(x_test, k=5)
 
@@ -78,13 +78,21 @@ class MachClassifier(keras.Model):
                 "num_repetitions": self.num_repetitions, "seed": self.seed}
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """Keras' ``compile`` with MACH's defaults: ``loss=None`` is :class:`MachLoss` and
-        ``metrics=None`` is ``[MergedPrecisionAtK(1)]`` for this model's K, B, R and seed."""
+        """Keras' ``compile`` with MACH's defaults: ``loss=None`` is :class:`MachLoss`.
+
+        No metric by default: a merged metric ranks all K classes at every step, which at
+        K = 100,000 makes a training step about 6 times slower (benchmarks/RESULTS.md).
+        Pass ``metrics=self.merged_metrics(1, 5)`` (or :class:`MergedPrecisionAtK` /
+        :class:`~mach_tf.metrics.MergedNDCGAtK` objects) to track them anyway.
+        """
         if loss is None:
             loss = MachLoss(**self._mach_args())
-        if metrics is None:
-            metrics = [MergedPrecisionAtK(1, **self._mach_args())]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def merged_metrics(self, *ks: int) -> list:
+        """``MergedPrecisionAtK(k)`` for each of ``ks`` (default 1), for this model's K, B, R
+        and seed: ``model.compile(metrics=model.merged_metrics(1, 5))``."""
+        return [MergedPrecisionAtK(k, **self._mach_args()) for k in (ks or (1,))]
 
     def compile_from_config(self, config):
         # What Keras does for models whose compile() is its own (it skips, and warns, for

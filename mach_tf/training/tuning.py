@@ -269,6 +269,13 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
         raise ValueError(f"{train}: holds raw text (converted with --format text); mach-tf "
                          f"tune searches models of sparse features only: set a text "
                          f"model's levers with mach-tf train flags")
+    if base.encoder is not None:
+        raise ValueError(f"{train}: the base config builds on an encoder; mach-tf tune "
+                         f"searches the repetitions' own networks: tune without --encoder "
+                         f"or set the levers with mach-tf train flags")
+    if base.input_format == "dense":  # idf weights sparse features only
+        space = {k: v for k, v in (DEFAULT_SPACE if space is None else space).items()
+                 if k != "feature_weighting"}
     if max_epochs:
         base = base.replace(epochs=int(max_epochs))
     os.makedirs(output, exist_ok=True)

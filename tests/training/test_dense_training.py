@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from mach_tf import rundir
+from mach_tf.config import MachConfig
 from mach_tf.data import config_for_data
 from mach_tf.errors import EncoderError, RunDirError
 from mach_tf.inference.evaluation import evaluate, popularity_baseline
 from mach_tf.launch.local import train
 from mach_tf.model.encoders import build_encoders
+from mach_tf.training.tuning import tune
 from tests.helpers import run_cli
 
 QUIET = {"verbose": 0, "log": lambda msg: None}
@@ -160,3 +162,17 @@ def test_bad_encoders_are_refused_by_name(tmp_path, dense_data, tiny_data):
                         freeze_encoder=True)
     with pytest.raises(ValueError, match="an encoder reads dense vectors"):
         config_for_data(tiny_data["train"], encoder_file=str(tmp_path / "wrong.keras"))
+
+
+def test_tune_searches_dense_runs_without_idf(tmp_path, dense_data):
+    base = config_for_data(dense_data["train"], num_repetitions=2, num_buckets=32, epochs=2)
+    result = tune(dense_data["train"], str(tmp_path / "tune"), base=base, tuner="random",
+                  max_trials=2, max_epochs=2, seed=1)
+    assert result["trials"] == 2 and result["best_score"] > 0.2
+    assert "feature_weighting" not in result["best_hyperparameters"]
+    best = MachConfig.from_json((tmp_path / "tune" / "config.json").read_text())
+    assert best.input_format == "dense" and best.num_features == 32
+    with pytest.raises(ValueError, match="builds on an encoder"):
+        tune(dense_data["train"], str(tmp_path / "tune2"),
+             base=base.replace(encoder={"source": "function", "function": "m:f"},
+                               group_size=1), max_trials=1)

@@ -14,6 +14,12 @@ import tensorflow as tf
 from mach_tf.config import MachConfig
 from mach_tf.data import training_batches
 from tfrecords_tools.dataset import make_record_dataset
+from tfrecords_tools.manifest import Manifest
+
+#: Training data of at most this many bytes on disk (four times that when gzipped) is read
+#: from its files once per group and kept in memory, its records shuffled from there every
+#: epoch; larger data is streamed from the files each epoch.
+CACHE_MAX_BYTES = 256 << 20
 
 _THREADS: int | None = None  # this process's thread budget, once configure_threads set it
 
@@ -35,6 +41,13 @@ def configure_threads(threads: int | None) -> None:
         pass  # already initialised: keep TensorFlow's pools
 
 
+def in_memory(train: str) -> bool:
+    """Whether a group keeps the training records in memory (:data:`CACHE_MAX_BYTES`)."""
+    m = Manifest.load(train)
+    size = sum(m.shard_bytes or []) * (4 if m.compression == "GZIP" else 1)
+    return bool(m.shard_bytes) and size <= CACHE_MAX_BYTES
+
+
 def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
                    skip: int, steps: int, featurizer=None, record_filter=None):
     """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
@@ -47,11 +60,23 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
     # Each epoch is a fixed number of records of its own shuffled stream, so batching the
     # concatenation gives exactly its ``steps`` batches; batching, parsing and the bucket
     # targets are then traced once, not once per epoch (seconds each on a 60-epoch cap).
+    size = steps * config.batch_size
+    base = n = None
+    if in_memory(train):
+        # Read (and split by ``record_filter``) once per group and kept: each epoch shuffles
+        # it in full from memory. The files are not read again, and no epoch waits for a
+        # shuffle buffer filled from them (on small data that wait was half of each step).
+        base = make_record_dataset(train, record_filter=record_filter).cache()
+        n = max(1, Manifest.load(train).num_examples)
     out = None
     for e in range(first, config.epochs):
-        records = make_record_dataset(train, shuffle=True, seed=config.seed + e, repeat=True,
-                                      record_filter=record_filter)
-        records = records.take(steps * config.batch_size)
+        if base is not None:
+            records = base.shuffle(n, seed=config.seed + e,
+                                   reshuffle_each_iteration=True).repeat()
+        else:
+            records = make_record_dataset(train, shuffle=True, seed=config.seed + e,
+                                          repeat=True, record_filter=record_filter)
+        records = records.take(size)
         if e == first and skip:
             records = records.skip(skip * config.batch_size)  # the batches already done
         out = records if out is None else out.concatenate(records)

@@ -6,7 +6,7 @@ import pytest
 
 from mach_tf import rundir
 from mach_tf.config import MachConfig
-from mach_tf.data import training_dataset
+from mach_tf.data import training_batches, training_dataset
 from mach_tf.inference.ranking import RankingMetrics
 from mach_tf.inference.reference import merged_topk_numpy
 from mach_tf.model.network import bucket_scores, build_model, compile_model
@@ -14,10 +14,12 @@ from mach_tf.training.callbacks import (VALIDATION_EXACT_MAX_CLASSES, MergedVali
                                         completed_scores, monitor_name, training_callbacks,
                                         validation_decoder)
 from mach_tf.training.group import setup_group
+from mach_tf.training import pipeline
 from mach_tf.training.pipeline import epochs_dataset
 from mach_tf.training.validation import (DataSplit, ValidationSample, data_split, load_sample,
                                          sample_budget)
-from tfrecords_tools.dataset import make_dataset
+from tfrecords_tools.dataset import make_dataset, make_record_dataset
+from tfrecords_tools.manifest import Manifest
 
 
 def _records(prefix, record_filter=None):
@@ -384,17 +386,30 @@ def test_full_merge_equals_the_evaluation_scorer(tiny_run, tiny_data, tiny_confi
         assert got[k] == pytest.approx(ref.result()[k], abs=1e-9)
 
 
-def test_epochs_dataset_gives_each_epoch_its_own_seeded_batches(tiny_data, tiny_config):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_epochs_dataset_gives_each_epoch_its_own_seeded_batches(tiny_data, tiny_config,
+                                                                in_memory, monkeypatch):
     """The epochs are built as one pipeline, yet epoch e is exactly the first ``steps``
     batches of the stream shuffled with seed ``config.seed + e``, and a resumed pipeline
-    (``first``, ``skip``) continues with the same batches."""
+    (``first``, ``skip``) continues with the same batches. In memory (small data) the
+    stream is the records read once in file order, shuffled in full; else it is read from
+    the files each epoch."""
+    if not in_memory:
+        monkeypatch.setattr(pipeline, "CACHE_MAX_BYTES", 0)
+    assert pipeline.in_memory(tiny_data["train"]) is in_memory
     config, reps, steps = tiny_config.replace(epochs=3), [0, 1], 4
     split = data_split(config, tiny_data["train"])
     keep = split.train_filter()
+    n = Manifest.load(tiny_data["train"]).num_examples
     expected = []
     for e in range(config.epochs):
-        ds = training_dataset(tiny_data["train"], config, reps, shuffle=True,
-                              seed=config.seed + e, repeat=True, record_filter=keep)
+        if in_memory:
+            records = make_record_dataset(tiny_data["train"], record_filter=keep).shuffle(
+                n, seed=config.seed + e, reshuffle_each_iteration=True).repeat()
+            ds = training_batches(records, config, reps)
+        else:
+            ds = training_dataset(tiny_data["train"], config, reps, shuffle=True,
+                                  seed=config.seed + e, repeat=True, record_filter=keep)
         expected += [(x["feature_ids"].numpy(), y.numpy()) for x, y in ds.take(steps)]
     got = [(x["feature_ids"].numpy(), y.numpy()) for x, y in epochs_dataset(
         tiny_data["train"], config, reps, 0, 0, steps, record_filter=keep)]
@@ -407,6 +422,9 @@ def test_epochs_dataset_gives_each_epoch_its_own_seeded_batches(tiny_data, tiny_
     assert len(resumed) == 2 * steps - 2
     for (rx, _), (ex, _) in zip(resumed, expected[steps + 2:]):
         np.testing.assert_array_equal(rx, ex)
+    # Every epoch sees each training record at most once before the stream repeats.
+    first_epoch = [tuple(np.sort(r[r >= 0])) for x, _ in got[:steps] for r in x]
+    assert len(set(first_epoch)) == len(first_epoch)
 
 
 def test_merged_validation_decodes_by_candidates_only_for_large_catalogues():

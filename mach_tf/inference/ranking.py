@@ -60,25 +60,42 @@ class RankingMetrics:
         topk = np.asarray(topk)
         if topk.ndim != 2 or topk.shape[1] < self.kmax:
             raise ValueError(f"need top-{self.kmax} predictions, got shape {topk.shape}")
-        for row, y in zip(topk, labels):
-            self.n += 1
-            y = np.asarray(y, dtype=np.int64)
-            if y.size == 0:
-                continue
-            hits = np.isin(row[: self.kmax], y)
-            cum = np.cumsum(hits)
-            dcg = np.cumsum(hits * self._disc)
-            idcg = np.cumsum(self._disc)
+        labels = [np.asarray(y, dtype=np.int64).reshape(-1) for y in labels]
+        if len(labels) != len(topk):
+            raise ValueError(f"{len(topk)} predictions for {len(labels)} label lists")
+        self.n += len(labels)
+        if not labels:
+            return
+        # The batch at once: labels as a matrix padded with -2 (never an id, nor the -1 of
+        # a missing prediction), hits [batch, kmax] by comparing every pair.
+        sizes = np.fromiter((y.size for y in labels), np.int64, len(labels))
+        width = max(int(sizes.max()), 1)
+        rows = np.repeat(np.arange(len(labels)), sizes)
+        cols = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        flat = np.concatenate(labels) if sizes.sum() else np.zeros(0, np.int64)
+        y = np.full((len(labels), width), -2, np.int64)
+        y[rows, cols] = flat
+        top = topk[:, :self.kmax].astype(np.int64)
+        has = sizes > 0
+        hits = (top[:, :, None] == y[:, None, :]).any(axis=-1)[has]  # [labelled, kmax]
+        if not hits.size:
+            return
+        cum = np.cumsum(hits, axis=1)
+        dcg = np.cumsum(hits * self._disc, axis=1)
+        idcg = np.cumsum(self._disc)
+        n_labels = sizes[has]
+        for i, k in enumerate(self.ks):
+            self._p[i] += cum[:, k - 1].sum() / k
+            self._ndcg[i] += (dcg[:, k - 1] / idcg[np.minimum(k, n_labels) - 1]).sum()
+        if self.inv_p is not None:
+            w = np.where(hits, self.inv_p[np.clip(top[has], 0, None)], 0.0)
+            cw = np.cumsum(w, axis=1)
+            weights = np.zeros((len(labels), max(width, self.kmax)))
+            weights[rows, cols] = self.inv_p[flat]
+            best = np.cumsum(-np.sort(-weights[has], axis=1)[:, :self.kmax], axis=1)
             for i, k in enumerate(self.ks):
-                self._p[i] += cum[k - 1] / k
-                self._ndcg[i] += dcg[k - 1] / idcg[min(k, y.size) - 1]
-            if self.inv_p is not None:
-                w = np.where(hits, self.inv_p[np.clip(row[: self.kmax], 0, None)], 0.0)
-                cw = np.cumsum(w)
-                best = np.cumsum(np.sort(self.inv_p[y])[::-1][: self.kmax])
-                for i, k in enumerate(self.ks):
-                    self._psp[i] += cw[k - 1] / k
-                    self._psp_best[i] += best[min(k, best.size) - 1] / k
+                self._psp[i] += cw[:, k - 1].sum() / k
+                self._psp_best[i] += best[:, k - 1].sum() / k
 
     def result(self) -> dict:
         n = max(self.n, 1)

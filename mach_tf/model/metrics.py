@@ -1,4 +1,5 @@
-"""Training metrics of a group: bucket accuracy and each repetition's own loss.
+"""Training metrics of a group: bucket accuracy and each repetition's own loss (and the
+same per repetition of a validation batch, :func:`repetition_batch_stats`).
 
 Both read the step's logits through the loss's :class:`~mach_tf.model.losses.StepCache`,
 so a group's loss and metrics compute one log-sum-exp and one arg-max per step.
@@ -82,3 +83,23 @@ class RepetitionLoss(keras.metrics.Mean):
         config = super().get_config()
         config.update(index=self.index, kind=self.kind)
         return config
+
+
+def repetition_batch_stats(logits, targets, loss: str):
+    """``(loss sum [G], hits [G], labelled [G])`` of a batch: each repetition's summed
+    training loss (:func:`~mach_tf.model.losses.bucket_loss`), its points whose top bucket
+    holds a label, and its points with a label.
+
+    Args:
+        logits: ``[batch, G, B]``.
+        targets: int32 ``[batch, G, L]`` label buckets, -1 padded.
+        loss: The config's loss.
+    """
+    groups = logits.shape[1]
+    losses = tf.stack([tf.reduce_sum(bucket_loss(targets[:, g:g + 1], logits[:, g:g + 1],
+                                                 loss)) for g in range(groups)])
+    top = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
+    has = tf.reduce_any(targets >= 0, axis=-1)
+    hit = tf.reduce_any(tf.equal(targets, top), axis=-1) & has
+    return (losses, tf.reduce_sum(tf.cast(hit, tf.float32), axis=0),
+            tf.reduce_sum(tf.cast(has, tf.float32), axis=0))

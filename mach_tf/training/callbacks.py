@@ -30,9 +30,11 @@ import tensorflow as tf
 
 from mach_tf import rundir
 from mach_tf.config import MachConfig
+from mach_tf.data import bucket_targets
 from mach_tf.errors import NonFiniteLossError
 from mach_tf.inference.decoder import MergedTopK
 from mach_tf.inference.ranking import RankingMetrics
+from mach_tf.model.metrics import repetition_batch_stats
 from mach_tf.model.network import bucket_scores
 from mach_tf.training.validation import ValidationSample, eval_batch_size
 
@@ -108,7 +110,10 @@ class MergedValidation(keras.callbacks.Callback):
         done_scores: Their merge-ready bucket scores on ``sample``, ``[n, R_done, B]``.
 
     After each epoch, ``history`` gets ``{"epoch", "repetitions", "run": {...},
-    "group": {...}}`` with the run-level and group-level metrics.
+    "group": {...}}`` with the run-level and group-level metrics, and
+    ``repetition_validation`` holds each repetition's ``(loss [G], bucket_acc [G])`` on the
+    sample (as :func:`mach_tf.training.tensorboard.validation_by_repetition` defines them),
+    from the same forward pass.
     """
 
     def __init__(self, config: MachConfig, sample: ValidationSample,
@@ -132,6 +137,7 @@ class MergedValidation(keras.callbacks.Callback):
                                         family.subset(self.repetitions).to_dict(), k=max(KS),
                                         decoder=decoder)
         self.history: list[dict] = []
+        self.repetition_validation: tuple[np.ndarray, np.ndarray] | None = None
         self._fn = None
 
     def set_model(self, model):
@@ -139,15 +145,20 @@ class MergedValidation(keras.callbacks.Callback):
             self._fn = None  # a trace holds the model it was made with
         super().set_model(model)
 
-    def _score(self, inputs, done=None):
-        """``(run-level top ids, group-level top ids)`` of a batch; ``done``: the complete
-        repetitions' bucket scores of the same points."""
+    def _score(self, inputs, values, lengths, done=None):
+        """``(run-level top ids, group-level top ids, loss sum [G], hits [G], labelled
+        [G])`` of a batch whose labels are ``values`` split by ``lengths``; ``done``: the
+        complete repetitions' bucket scores of the same points."""
         config = self.config
-        s = bucket_scores(self.model(inputs, training=False), config.loss, config.merge)
+        logits = self.model(inputs, training=False)
+        targets = bucket_targets(tf.RaggedTensor.from_row_lengths(values, lengths), config,
+                                 self.repetitions)
+        stats = repetition_batch_stats(logits, targets, config.loss)
+        s = bucket_scores(logits, config.loss, config.merge)
         group_ids = self.group_decoder(s)[1]
         if done is None:
-            return group_ids, group_ids
-        return self.run_decoder(tf.concat([done, s], axis=1))[1], group_ids
+            return (group_ids, group_ids, *stats)
+        return (self.run_decoder(tf.concat([done, s], axis=1))[1], group_ids, *stats)
 
     def _score_fn(self, inputs: dict, calls: int):
         """The scoring function for ``calls`` calls like ``inputs``: traced once, for every
@@ -163,10 +174,12 @@ class MergedValidation(keras.callbacks.Callback):
             return self._score
         spec = {k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
                 for k, v in inputs.items()}
+        vector = tf.TensorSpec([None], tf.int64)
         if self.done_scores is None:
-            return tf.function(lambda x: self._score(x), input_signature=[spec])
+            return tf.function(lambda x, v, n: self._score(x, v, n),
+                               input_signature=[spec, vector, vector])
         done = tf.TensorSpec([None, *self.done_scores.shape[1:]], tf.float32)
-        return tf.function(self._score, input_signature=[spec, done])
+        return tf.function(self._score, input_signature=[spec, vector, vector, done])
 
     def _parts(self):
         """``(inputs, labels, done)`` of every scoring batch, in sample order."""
@@ -184,15 +197,26 @@ class MergedValidation(keras.callbacks.Callback):
     def compute(self) -> dict:
         """``{"run": metrics, "group": metrics}`` of the model as it is now."""
         run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
+        g_count = len(self.repetitions)
+        loss, hits, labelled = np.zeros(g_count), np.zeros(g_count), np.zeros(g_count)
         for part, labels, done in self._parts():
             if self._fn is None:
                 step = eval_batch_size(self.config.num_classes)
                 calls = sum(-(-len(y) // step) for _, y in self.sample.batches)
                 epochs = int((self.params or {}).get("epochs") or 1)
                 self._fn = self._score_fn(part, epochs * calls)
-            run_ids, group_ids = self._fn(part) if done is None else self._fn(part, done)
+            values = tf.constant([v for y in labels for v in y], tf.int64)
+            lengths = tf.constant([len(y) for y in labels], tf.int64)
+            args = (part, values, lengths) + (() if done is None else (done,))
+            run_ids, group_ids, *stats = self._fn(*args)
             run_metrics.update(run_ids.numpy(), labels)
             group_metrics.update(group_ids.numpy(), labels)
+            sums = (loss, hits, labelled)
+            loss, hits, labelled = (x + p.numpy() for x, p in zip(sums, stats))
+        n = self.sample.num_examples
+        self.repetition_validation = (
+            loss / max(n, 1), np.divide(hits, labelled, out=np.zeros(g_count),
+                                        where=labelled > 0))
         return {name: {k: v for k, v in m.result().items() if k != "num_examples"}
                 for name, m in (("run", run_metrics), ("group", group_metrics))}
 

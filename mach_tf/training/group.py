@@ -215,7 +215,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     fit_callbacks = [StopOnNonFiniteLoss(config.learning_rate), *setup.callbacks]
     reporting = [keras.callbacks.TensorBoard(rundir.group_logdir(run, group),
                                              write_graph=False, profile_batch=0),
-                 *reporting_callbacks(run, config, group, setup.sample)]
+                 *reporting_callbacks(run, config, group, setup.sample, setup.callbacks)]
     # The group's progress record, for the launcher's progress lines and estimate.
     reporting.append(GroupProgress(worker, group, config.epochs,
                                    write=lambda rec: rundir.write_progress(run, group, rec),

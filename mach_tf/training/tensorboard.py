@@ -33,7 +33,7 @@ from tensorboard.plugins.hparams import api as hp
 from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.data import bucket_targets
-from mach_tf.model.losses import bucket_loss
+from mach_tf.model.metrics import repetition_batch_stats
 from mach_tf.text.statistics import load_featurizer
 from mach_tf.training.callbacks import PREFIX, TRACE_MIN_CALLS, MergedValidation
 from mach_tf.training.validation import DataSplit, load_sample, sample_budget
@@ -77,19 +77,10 @@ def _repetition_stats(model, config: MachConfig, repetitions: Sequence[int]):
     """``f(inputs, label_values, label_lengths) -> (loss sum [G], hits [G], labelled [G])``
     of one batch: summed training loss, points whose top bucket holds a label, points
     with a label."""
-    g_count = len(repetitions)
-
     def stats(inputs, values, lengths):
         targets = bucket_targets(tf.RaggedTensor.from_row_lengths(values, lengths), config,
                                  repetitions)  # [batch, G, L]
-        logits = model(inputs, training=False)
-        loss = tf.stack([tf.reduce_sum(bucket_loss(targets[:, g:g + 1], logits[:, g:g + 1],
-                                                   config.loss)) for g in range(g_count)])
-        top = tf.argmax(logits, axis=-1, output_type=tf.int32)[..., None]  # [batch, G, 1]
-        has = tf.reduce_any(targets >= 0, axis=-1)
-        hit = tf.reduce_any(tf.equal(targets, top), axis=-1) & has
-        return (loss, tf.reduce_sum(tf.cast(hit, tf.float32), axis=0),
-                tf.reduce_sum(tf.cast(has, tf.float32), axis=0))
+        return repetition_batch_stats(model(inputs, training=False), targets, config.loss)
 
     return stats
 
@@ -138,15 +129,19 @@ class RepetitionScalars(keras.callbacks.Callback):
         config: The run's config.
         repetitions: The group's repetitions, in model order.
         sample: The validation sample (``None``: training scalars only).
+        merged: The group's :class:`MergedValidation`, run before this callback: its
+            ``repetition_validation`` of the epoch is used (the same forward pass as the
+            merged metrics) instead of scoring the sample again.
     """
 
     def __init__(self, run: str, config: MachConfig, repetitions: Sequence[int],
-                 sample=None):
+                 sample=None, merged: MergedValidation | None = None):
         super().__init__()
         self.run = run
         self.config = config
         self.repetitions = list(repetitions)
         self.sample = sample
+        self.merged = merged
         self._writers = _Writers()
         self._stats = None
 
@@ -170,7 +165,9 @@ class RepetitionScalars(keras.callbacks.Callback):
         logs = logs or {}
         single = len(self.repetitions) == 1
         val = None
-        if self.sample is not None:
+        if self.merged is not None and self.merged.repetition_validation is not None:
+            val = self.merged.repetition_validation
+        elif self.sample is not None:
             val = validation_by_repetition(self.model, self.config, self.repetitions,
                                            self.sample, self._stats_fn())
         for g, r in enumerate(self.repetitions):
@@ -219,9 +216,12 @@ class MergedScalars(keras.callbacks.Callback):
 
 
 def reporting_callbacks(run: str, config: MachConfig, repetitions: Sequence[int],
-                        sample=None) -> list:
-    """The summary writers a worker's group trains with (see module docstring)."""
-    return [RepetitionScalars(run, config, repetitions, sample), MergedScalars(run)]
+                        sample=None, callbacks: Sequence = ()) -> list:
+    """The summary writers a worker's group trains with (see module docstring); the
+    group's merged validation among ``callbacks`` also gives the per-repetition
+    validation scalars."""
+    merged = next((c for c in callbacks if isinstance(c, MergedValidation)), None)
+    return [RepetitionScalars(run, config, repetitions, sample, merged), MergedScalars(run)]
 
 
 def hparams_of(config: MachConfig) -> dict:

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from mach_tf.model.network import build_model
 from mach_tf.training.callbacks import MergedValidation, completed_scores
+from mach_tf.training.tensorboard import validation_by_repetition
 from mach_tf.training.validation import ValidationSample, data_split, load_sample
 
 
@@ -37,6 +38,10 @@ def test_scoring_traces_once_for_any_batch_shape(tiny_run, tiny_config, ragged_s
     again = _metrics(cb)  # a second epoch: no new trace
     assert cb._fn.experimental_get_tracing_count() == 1
     assert first == again
+    # The same forward pass gives each repetition's validation loss and bucket accuracy,
+    # as scoring the sample again would.
+    want = validation_by_repetition(model, config, [2, 3], sample)
+    np.testing.assert_allclose(cb.repetition_validation, want, rtol=1e-5)
     tf.config.run_functions_eagerly(True)
     try:
         eager = MergedValidation(config, sample, [2, 3], done, done_scores)

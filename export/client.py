@@ -193,6 +193,18 @@ def rows_from_padded(feature_ids: np.ndarray, feature_values: np.ndarray) -> lis
     return out
 
 
+def sample_examples(inputs: dict, texts: Sequence[str] | None = None) -> list[bytes]:
+    """The serialized tf.Examples of a signature's sample ``inputs`` (padded sparse
+    ``feature_ids`` / ``feature_values``, or dense ``embedding``), or of a text model's
+    raw ``texts`` (of which ``inputs`` is the featurisation)."""
+    if texts is not None:
+        return text_examples(texts)
+    if DENSE_KEY in inputs:
+        return dense_examples(inputs[DENSE_KEY])
+    return serialized_examples(rows_from_padded(inputs["feature_ids"],
+                                                inputs["feature_values"]))
+
+
 def _b64(data: bytes) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii")}
 

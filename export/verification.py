@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.util import deprecation
 
-from export.client import dense_examples, rows_from_padded, serialized_examples, text_examples
+from export.client import sample_examples
 from export.signatures import FILTERED, METHOD_NAME, PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT
 from mach_tf import rundir
 from mach_tf.data import DENSE_KEY, to_model_inputs
@@ -184,13 +184,7 @@ def verify_export(path: str, final: str, sample: dict, expected, names: str | No
     """
     feeds = {k: np.asarray(v) for k, v in sample.items()}
     n = int(next(iter(feeds.values())).shape[0])
-    if texts is not None:
-        examples = text_examples(texts)
-    elif DENSE_KEY in feeds:
-        examples = dense_examples(feeds[DENSE_KEY])
-    else:
-        examples = serialized_examples(rows_from_padded(feeds["feature_ids"],
-                                                        feeds["feature_values"]))
+    examples = sample_examples(feeds, texts)
     loaded = tf.saved_model.load(path)
     outputs = {
         f"{SERVING_DEFAULT} (tf.saved_model.load)":

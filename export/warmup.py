@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, dense_examples,
-                           input_tensors, rows_from_padded, serialized_examples, text_examples)
+from export.client import (PREDICT_EXAMPLES, PREDICT_TEXT, SERVING_DEFAULT, input_tensors,
+                           sample_examples)
 from export.serving_protos import DecodedRequest, decode_prediction_log, encode_prediction_log
 from export.signatures import FILTERED
 from mach_tf.data import DENSE_KEY
@@ -48,13 +48,7 @@ def write_warmup(path: str, sample: dict, num_requests: int = 8,
     else:
         inputs = {"feature_ids": np.asarray(sample["feature_ids"], np.int64),
                   "feature_values": np.asarray(sample["feature_values"], np.float32)}
-    if texts is not None:
-        examples = text_examples(texts)
-    elif DENSE_KEY in inputs:
-        examples = dense_examples(inputs[DENSE_KEY])
-    else:
-        examples = serialized_examples(rows_from_padded(inputs["feature_ids"],
-                                                        inputs["feature_values"]))
+    examples = sample_examples(inputs, texts)
     n = len(next(iter(inputs.values())))
     records = []
     for i in range(min(num_requests, n)):

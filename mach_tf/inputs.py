@@ -12,6 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 
+
+def _section(cls, d, name: str):
+    """``cls(**d)`` for the config's section ``name``, refusing a non-object or unknown
+    fields by name."""
+    if not isinstance(d, dict):
+        raise ValueError(f"MachConfig.{name}: expected an object, got {d!r}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"MachConfig.{name}: unknown field(s) {unknown}")
+    return cls(**d)
+
+
 #: What a run's networks read: padded sparse features (or text featurised into them), or a
 #: dense float vector ``embedding`` of ``num_features`` values per example.
 INPUT_FORMATS = ("sparse", "dense")
@@ -109,13 +121,7 @@ class TextSettings:
 
     @classmethod
     def from_dict(cls, d) -> "TextSettings":
-        if not isinstance(d, dict):
-            raise ValueError(f"MachConfig.text: expected an object, got {d!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"MachConfig.text: unknown field(s) {unknown}")
-        return cls(**d)
+        return _section(cls, d, "text")
 
 
 # -- the encoder section -----------------------------------------------------------------
@@ -195,10 +201,4 @@ class EncoderSettings:
 
     @classmethod
     def from_dict(cls, d) -> "EncoderSettings":
-        if not isinstance(d, dict):
-            raise ValueError(f"MachConfig.encoder: expected an object, got {d!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"MachConfig.encoder: unknown field(s) {unknown}")
-        return cls(**d)
+        return _section(cls, d, "encoder")

@@ -194,7 +194,10 @@ def install_encoder_file(run: str, settings: dict) -> None:
                           f"(SHA-256 differs)")
     tf.io.gfile.makedirs(run)
     tmp = dest + ".tmp"
-    shutil.copyfile(source, tmp) if "://" not in dest else tf.io.gfile.copy(source, tmp, True)
+    if "://" in dest:
+        tf.io.gfile.copy(source, tmp, overwrite=True)
+    else:
+        shutil.copyfile(source, tmp)
     tf.io.gfile.rename(tmp, dest, overwrite=True)
 
 

@@ -129,6 +129,36 @@ def _write_answers(res: dict, count: int, out: IO[str], top_k: int | None) -> No
     out.flush()
 
 
+def _answer_in_batches(queries: Iterable, answer: Callable[[list], dict], out: IO[str],
+                       top_k: int | None, batch_size: int) -> int:
+    """Answers the queries ``queries`` yields, ``batch_size`` at a time through
+    ``answer(batch) -> outputs``, one JSON line each, in order. When ``queries`` raises (a
+    bad input line), the queries before it are answered first.
+
+    Returns:
+        The number of queries answered.
+    """
+    n = 0
+    batch: list = []
+
+    def flush():
+        if batch:
+            _write_answers(answer(batch), len(batch), out, top_k)
+            batch.clear()
+
+    try:
+        for query in queries:
+            batch.append(query)
+            n += 1
+            if len(batch) >= batch_size:
+                flush()
+    except DataFormatError:
+        flush()  # the lines before the fault are answered
+        raise
+    flush()
+    return n
+
+
 def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | None = None,
                   batch_size: int = 256, source: str = "<stdin>",
                   log: Callable[[str], None] | None = None, exclude_classes=None) -> int:
@@ -158,43 +188,34 @@ def predict_lines(model: str, lines: Iterable[str], out: IO[str], top_k: int | N
     fn = answering(loaded, model, "serving_default", exclude_classes)
     takes_text = "predict_text" in loaded.signatures
     num_features = _export_dimension(model, "num_features")
-    n = 0
-    batch: list[tuple[list[int], list[float]]] = []
 
-    def flush():
-        if not batch:
-            return
+    def answer(batch):
         t = pad_batch(batch)
-        res = fn(feature_ids=tf.constant(t["feature_ids"]),
-                 feature_values=tf.constant(t["feature_values"]))
-        _write_answers(res, len(batch), out, top_k)
-        batch.clear()
+        return fn(feature_ids=tf.constant(t["feature_ids"]),
+                  feature_values=tf.constant(t["feature_values"]))
 
-    for lineno, line in enumerate(lines, start=1):
-        text = line.rstrip("\r\n")
-        if lineno == 1:
-            text = text.lstrip("\ufeff")
-            if is_header_line(text):
-                if log is not None:
-                    log(f"{source}:1: {text.strip()!r} is an XMC header (num_points "
-                        f"num_features num_labels), not a query: skipped")
-                continue
-        try:
-            _labels, ids, vals = parse_line(text, num_features) if text.strip() else \
-                ([], [], [])
-        except ValueError as e:
-            flush()
-            reason = str(e)
-            if takes_text:
-                reason = (f"{reason}; this export takes text queries: add --text "
-                          f"(predict_text_lines in Python)")
-            raise DataFormatError(source, lineno, reason) from None
-        batch.append((ids, vals))
-        n += 1
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return n
+    def queries():
+        for lineno, line in enumerate(lines, start=1):
+            text = line.rstrip("\r\n")
+            if lineno == 1:
+                text = text.lstrip("\ufeff")
+                if is_header_line(text):
+                    if log is not None:
+                        log(f"{source}:1: {text.strip()!r} is an XMC header (num_points "
+                            f"num_features num_labels), not a query: skipped")
+                    continue
+            try:
+                _labels, ids, vals = parse_line(text, num_features) if text.strip() else \
+                    ([], [], [])
+            except ValueError as e:
+                reason = str(e)
+                if takes_text:
+                    reason = (f"{reason}; this export takes text queries: add --text "
+                              f"(predict_text_lines in Python)")
+                raise DataFormatError(source, lineno, reason) from None
+            yield ids, vals
+
+    return _answer_in_batches(queries(), answer, out, top_k, batch_size)
 
 
 def predict_dense_lines(model: str, lines: Iterable[str], out: IO[str],
@@ -228,34 +249,27 @@ def _answer_dense(loaded, model: str, lines: Iterable[str], out: IO[str], top_k:
                   batch_size: int, source: str, exclude_classes) -> int:
     """:func:`predict_dense_lines` on an export already loaded."""
     fn = answering(loaded, model, "serving_default", exclude_classes)
-    # Without the export's config (an info file removed), the first line sets d; the
-    # serving graph still refuses a width other than the model's.
-    width = _export_dimension(model, "num_features")
-    n = 0
-    batch: list[list[float]] = []
 
-    def flush():
-        if batch:
-            x = np.asarray(batch, np.float32).reshape(len(batch), -1)
-            _write_answers(fn(**{DENSE_KEY: tf.constant(x)}), len(batch), out, top_k)
-            batch.clear()
+    def answer(batch):
+        x = np.asarray(batch, np.float32).reshape(len(batch), -1)
+        return fn(**{DENSE_KEY: tf.constant(x)})
 
-    for lineno, line in enumerate(lines, start=1):
-        text = line.rstrip("\r\n")
-        if lineno == 1:
-            text = text.lstrip("\ufeff")
-        try:
-            values = parse_vector_line(text, width)
-        except ValueError as e:
-            flush()  # the lines before the fault are answered
-            raise DataFormatError(source, lineno, str(e)) from None
-        width = len(values)
-        batch.append(values)
-        n += 1
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return n
+    def queries():
+        # Without the export's config (an info file removed), the first line sets d; the
+        # serving graph still refuses a width other than the model's.
+        width = _export_dimension(model, "num_features")
+        for lineno, line in enumerate(lines, start=1):
+            text = line.rstrip("\r\n")
+            if lineno == 1:
+                text = text.lstrip("\ufeff")
+            try:
+                values = parse_vector_line(text, width)
+            except ValueError as e:
+                raise DataFormatError(source, lineno, str(e)) from None
+            width = len(values)
+            yield values
+
+    return _answer_in_batches(queries(), answer, out, top_k, batch_size)
 
 
 def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
@@ -286,27 +300,17 @@ def predict_text_lines(model: str, lines: Iterable[bytes | str], out: IO[str],
                          f"trained on sparse features, not text); send XMC lines without "
                          f"--text")
     fn = answering(loaded, model, "predict_text", exclude_classes)
-    n = 0
-    batch: list[bytes] = []
 
-    def flush():
-        if batch:
-            _write_answers(fn(text=tf.constant(batch, tf.string)), len(batch), out, top_k)
-            batch.clear()
+    def queries():
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                text = line.decode("utf-8") if isinstance(line, bytes) else line
+                if lineno == 1:
+                    text = text.lstrip("\ufeff")
+                yield query_text(text).encode("utf-8")
+            except UnicodeError as e:
+                raise DataFormatError(source, lineno, f"not valid UTF-8 ({e.reason} at byte "
+                                                      f"{getattr(e, 'start', 0) + 1})") from None
 
-    for lineno, line in enumerate(lines, start=1):
-        try:
-            text = line.decode("utf-8") if isinstance(line, bytes) else line
-            if lineno == 1:
-                text = text.lstrip("\ufeff")
-            query = query_text(text).encode("utf-8")
-        except UnicodeError as e:
-            flush()  # the lines before the fault are answered
-            raise DataFormatError(source, lineno, f"not valid UTF-8 ({e.reason} at byte "
-                                                  f"{getattr(e, 'start', 0) + 1})") from None
-        batch.append(query)
-        n += 1
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return n
+    return _answer_in_batches(queries(), lambda batch: fn(text=tf.constant(batch, tf.string)),
+                              out, top_k, batch_size)

@@ -53,6 +53,10 @@ VALID = os.path.join("extension", "valid")
 
 def _check_source(run: str, num_classes: int):
     config = rundir.load_config(run)
+    if config.input_format == "dense":
+        raise RunDirError(f"{run}: a run on dense vectors cannot be extended (extend "
+                          f"grows runs of sparse features or text); train a new run "
+                          f"with all the classes")
     missing = [r for r in range(config.num_repetitions) if not rundir.is_complete(run, r)]
     if missing:
         raise RunDirError(f"{run}: repetitions {missing} are not complete; finish training "

@@ -98,11 +98,10 @@ class MachModel(keras.Model):
         first = self.hidden_units[0] if self.hidden_units else self.num_buckets
         first_activation = activation if self.hidden_units else None
         if input_format == "dense":
-            self.encoder_dim = self.num_features
+            width = self.num_features
             if self.encoders:
-                self.encoder_dim = output_dim(self.encoders[0], self.num_features,
-                                              f"{self.name}'s encoder")
-            self.dense_input = DenseInput(self.encoder_dim, first, groups=g,
+                width = output_dim(self.encoders[0], self.num_features, f"{self.name}'s encoder")
+            self.dense_input = DenseInput(width, first, groups=g,
                                           activation=first_activation, normalize=feature_norm,
                                           seeds=self.seeds, dtype=precision, name="dense_input")
         else:
@@ -125,10 +124,6 @@ class MachModel(keras.Model):
     def input_layer(self):
         """The first layer of every repetition (sparse or dense), kernel ``[D, G * H]``."""
         return self.dense_input if self.input_format == "dense" else self.sparse_input
-
-    @property
-    def shares_encoder(self) -> bool:
-        return len(self.encoders) == 1
 
     @property
     def dense_layers(self) -> list:
@@ -198,7 +193,7 @@ class MachModel(keras.Model):
         """The encoder repetition ``g`` reads through (``None`` without one)."""
         if not self.encoders:
             return None
-        return self.encoders[0] if self.shares_encoder else self.encoders[g]
+        return self.encoders[0] if len(self.encoders) == 1 else self.encoders[g]
 
     def set_repetition_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         ws = list(weights)

@@ -139,6 +139,7 @@ class MergedValidation(keras.callbacks.Callback):
         self.history: list[dict] = []
         self.repetition_validation: tuple[np.ndarray, np.ndarray] | None = None
         self._fn = None
+        self._part_list = None
 
     def set_model(self, model):
         if model is not getattr(self, "_model", None):
@@ -182,31 +183,39 @@ class MergedValidation(keras.callbacks.Callback):
         return tf.function(self._score, input_signature=[spec, vector, vector, done])
 
     def _parts(self):
-        """``(inputs, labels, done)`` of every scoring batch, in sample order."""
-        step = eval_batch_size(self.config.num_classes)
-        start = 0
-        for inputs, labels in self.sample.batches:
-            for i in range(0, len(labels), step):
-                part = {k: v[i:i + step] for k, v in inputs.items()}
-                n = len(labels[i:i + step])
-                done = None if self.done_scores is None else \
-                    tf.constant(self.done_scores[start:start + n], tf.float32)
-                yield part, labels[i:i + n], done
-                start += n
+        """``(inputs, labels, label values, label lengths, done)`` of every scoring batch,
+        in sample order; cut from the sample once, the labels flattened once (``done``, a
+        slice of ``done_scores``, becomes a tensor per call: a copy of it all would double
+        the largest array the validation holds)."""
+        if self._part_list is None:
+            step = eval_batch_size(self.config.num_classes)
+            parts, start = [], 0
+            for inputs, labels in self.sample.batches:
+                for i in range(0, len(labels), step):
+                    part_labels = labels[i:i + step]
+                    n = len(part_labels)
+                    parts.append((
+                        {k: v[i:i + step] for k, v in inputs.items()}, part_labels,
+                        tf.constant([v for y in part_labels for v in y], tf.int64),
+                        tf.constant([len(y) for y in part_labels], tf.int64),
+                        None if self.done_scores is None else (start, start + n)))
+                    start += n
+            self._part_list = parts
+        for part, labels, values, lengths, rows in self._part_list:
+            done = None if rows is None else \
+                tf.constant(self.done_scores[rows[0]:rows[1]], tf.float32)
+            yield part, labels, values, lengths, done
 
     def compute(self) -> dict:
         """``{"run": metrics, "group": metrics}`` of the model as it is now."""
         run_metrics, group_metrics = RankingMetrics(KS), RankingMetrics(KS)
         g_count = len(self.repetitions)
         loss, hits, labelled = np.zeros(g_count), np.zeros(g_count), np.zeros(g_count)
-        for part, labels, done in self._parts():
+        for part, labels, values, lengths, done in self._parts():
             if self._fn is None:
-                step = eval_batch_size(self.config.num_classes)
-                calls = sum(-(-len(y) // step) for _, y in self.sample.batches)
+                calls = len(self._part_list)
                 epochs = int((self.params or {}).get("epochs") or 1)
                 self._fn = self._score_fn(part, epochs * calls)
-            values = tf.constant([v for y in labels for v in y], tf.int64)
-            lengths = tf.constant([len(y) for y in labels], tf.int64)
             args = (part, values, lengths) + (() if done is None else (done,))
             run_ids, group_ids, *stats = self._fn(*args)
             run_metrics.update(run_ids.numpy(), labels)

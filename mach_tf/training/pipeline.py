@@ -41,9 +41,10 @@ def configure_threads(threads: int | None) -> None:
         pass  # already initialised: keep TensorFlow's pools
 
 
-def in_memory(train: str) -> bool:
-    """Whether a group keeps the training records in memory (:data:`CACHE_MAX_BYTES`)."""
-    m = Manifest.load(train)
+def in_memory(train) -> bool:
+    """Whether a group keeps the training records (a prefix or its :class:`Manifest`) in
+    memory (:data:`CACHE_MAX_BYTES`)."""
+    m = train if isinstance(train, Manifest) else Manifest.load(train)
     size = sum(m.shard_bytes or []) * (4 if m.compression == "GZIP" else 1)
     return bool(m.shard_bytes) and size <= CACHE_MAX_BYTES
 
@@ -61,20 +62,20 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
     # concatenation gives exactly its ``steps`` batches; batching, parsing and the bucket
     # targets are then traced once, not once per epoch (seconds each on a 60-epoch cap).
     size = steps * config.batch_size
-    base = n = None
-    if in_memory(train):
+    manifest = Manifest.load(train)
+    base = None
+    if in_memory(manifest):
         # Read (and split by ``record_filter``) once per group and kept: each epoch shuffles
         # it in full from memory. The files are not read again, and no epoch waits for a
         # shuffle buffer filled from them (on small data that wait was half of each step).
-        base = make_record_dataset(train, record_filter=record_filter).cache()
-        n = max(1, Manifest.load(train).num_examples)
+        base = make_record_dataset(manifest, record_filter=record_filter).cache()
     out = None
     for e in range(first, config.epochs):
         if base is not None:
-            records = base.shuffle(n, seed=config.seed + e,
+            records = base.shuffle(max(1, manifest.num_examples), seed=config.seed + e,
                                    reshuffle_each_iteration=True).repeat()
         else:
-            records = make_record_dataset(train, shuffle=True, seed=config.seed + e,
+            records = make_record_dataset(manifest, shuffle=True, seed=config.seed + e,
                                           repeat=True, record_filter=record_filter)
         records = records.take(size)
         if e == first and skip:

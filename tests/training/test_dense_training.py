@@ -18,6 +18,7 @@ from mach_tf.config import MachConfig
 from mach_tf.data import config_for_data
 from mach_tf.errors import EncoderError, RunDirError
 from mach_tf.inference.evaluation import evaluate, popularity_baseline
+from mach_tf.launch.extension import extend
 from mach_tf.launch.local import train
 from mach_tf.model.encoders import build_encoders
 from mach_tf.training.tuning import tune
@@ -176,3 +177,8 @@ def test_tune_searches_dense_runs_without_idf(tmp_path, dense_data):
         tune(dense_data["train"], str(tmp_path / "tune2"),
              base=base.replace(encoder={"source": "function", "function": "m:f"},
                                group_size=1), max_trials=1)
+
+
+def test_extend_refuses_a_dense_run_by_name(dense_run, dense_data, tmp_path):
+    with pytest.raises(RunDirError, match="a run on dense vectors cannot be extended"):
+        extend(dense_run, str(tmp_path / "run2"), 300, dense_data["train"])

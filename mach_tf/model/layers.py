@@ -154,7 +154,10 @@ class SparseDense(keras.layers.Layer):
                 x, kernel = tf.cast(x, compute), tf.cast(kernel, compute)
             out = tf.matmul(x, kernel) + tf.cast(self.bias, compute)
         else:
-            emb = tf.gather(self.kernel, ids) * values[:, None]
+            # The tf.Variable itself, so the rows are read by a ResourceGather: reading a
+            # variable the optimizer scatters into as a tensor copies all D * G * H weights
+            # every step (28 of a 116 ms step at the tagging shape, D = 20,000, G * H = 2,048).
+            emb = tf.gather(self.kernel.value, ids) * values[:, None]
             # tf.where lists the non-zeros row by row, so the rows are sorted: the sorted
             # segment sum is 2-3x faster than the unsorted one on CPU (forward and
             # gradient). It stops at the last row with a non-zero: pad to the batch.

@@ -118,6 +118,40 @@ def test_lazy_adam_trains_like_dense_adam():
     assert lazy_acc >= 0.98 and dense_acc >= 0.98
 
 
+def test_the_gathered_input_kernel_is_read_by_rows_in_training():
+    """A training step reads the sparse input kernel's rows by ``ResourceGather``, never by
+    gathering from a whole read of the variable: once the optimizer has scattered into a
+    variable, a whole read copies all of it every step (a fifth of a step at the tagging
+    shape)."""
+    d, k, labels, x = _sparse_task()
+    config = MachConfig.from_data(k, d, num_buckets=8, num_repetitions=2, hidden_units=[16],
+                                  dropout=0.0, seed=3)
+    model = compile_model(build_model(config, [0, 1]), config)
+    y = np.stack([config.hash_family.buckets_np(labels, [r])[0] for r in (0, 1)],
+                 axis=1)[..., None].astype(np.int32)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = model.loss(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    graph = step.get_concrete_function({n: v[:64] for n, v in x.items()}, y[:64]).graph
+    graph_def = graph.as_graph_def()
+    bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
+    gathers, gathered_reads = 0, []
+    for nodes in bodies:
+        kind = {n.name: n.op for n in nodes}
+        for n in nodes:
+            if "sparse_input" not in n.name:
+                continue
+            gathers += n.op == "ResourceGather"
+            if n.op == "GatherV2" and kind.get(n.input[0].split(":")[0]) == "ReadVariableOp":
+                gathered_reads.append(n.name)
+    assert gathers >= 1 and not gathered_reads, gathered_reads
+
+
 def _numpy_rowwise_adagrad(w, steps, lr):
     """Reference row-wise Adagrad: one accumulator per row, the row's mean squared
     (summed) gradient added to it, the row moved by ``lr * g / sqrt(acc)``."""

@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray: times a worker task is retried after its process dies")
     t.add_argument("--threads", type=int, help="TensorFlow threads per worker")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="also checkpoint every STEPS steps (default: each epoch and every "
-                        "5 minutes)")
+                   help="also checkpoint every STEPS steps (default: every 5 minutes; a "
+                        "killed worker resumes from its last checkpoint)")
     t.add_argument("--claim-lease", type=float, metavar="SECONDS",
                    help="a worker's claim on a repetition expires after this long without "
                         "a heartbeat (default 120)")

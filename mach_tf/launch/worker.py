@@ -66,8 +66,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
         worker_index, num_workers: This worker's place (see :func:`worker_identity`).
         verbose: Keras fit verbosity.
         log: Where progress lines go.
-        checkpoint_every: Also checkpoint every this many steps (0: epoch ends and every
-            5 minutes).
+        checkpoint_every: Also checkpoint every this many steps (0: every 5 minutes).
         claim_lease: Seconds without a heartbeat after which a claim is taken over
             (default ``MACH_TF_CLAIM_LEASE_S`` or 120).
         events: Receives progress events (dicts), e.g. for a launcher's display.

@@ -274,6 +274,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         """The epoch whose end-of-epoch weights are the best so far (``None``: none)."""
         return self.best_epoch if self.best is not None else None
 
+    def kept_weights(self) -> list:
+        """The best epoch's weights (``get_weights()`` order), held in memory."""
+        return self.best_weights
+
     def resume(self, history: dict, weights_at_epoch) -> bool:
         """Replays the monitored values of the epochs run before a restart.
 

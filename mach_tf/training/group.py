@@ -182,8 +182,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     Args:
         save: The repetitions to write (default: all of ``group``); the others are
             complete already.
-        checkpoint_every: Also checkpoint every this many steps (0: at epoch ends and
-            every 5 minutes).
+        checkpoint_every: Also checkpoint every this many steps (0: every 5 minutes).
         claims: The :class:`mach_tf.launch.claims.ClaimSet` held on the group; checked before
             every checkpoint and before the repetitions are written.
         events: Receives progress events (dicts); every epoch also rewrites the group's

@@ -237,8 +237,9 @@ def test_unreadable_checkpoint_restarts_the_group(tmp_path, tiny_data, tiny_conf
 
     with monkeypatch.context() as m:
         m.setattr(train_lib, "StopOnNonFiniteLoss", guard_then_kill)
-        with pytest.raises(Killed):
-            train_group(run, config, [0], tiny_data["train"], verbose=0, log=quiet)
+        with pytest.raises(Killed):  # a checkpoint every step, so epoch 0's end has one
+            train_group(run, config, [0], tiny_data["train"], verbose=0, log=quiet,
+                        checkpoint_every=1)
     ckpt = os.path.join(run, "work", "group-000", "checkpoint")
     files = [os.path.join(ckpt, f) for f in os.listdir(ckpt) if f.endswith(".h5")]
     assert files

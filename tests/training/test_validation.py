@@ -1,5 +1,7 @@
 """The validation split, the merged validation metric and early stopping on it."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -225,11 +227,14 @@ class _KillAt(keras.callbacks.Callback):
             raise _Interrupt()
 
 
-def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, tiny_config):
+@pytest.mark.parametrize("saves", ["every 2 steps", "off the epoch ends"])
+def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, tiny_config,
+                                                          saves):
     """Killed mid-epoch after the best epoch: the rerun stops at the same epoch and keeps
     the same best weights as an uninterrupted run (best epoch's file kept on disk, the
     patience counter replayed from the checkpoint's history), not the weights of an
-    epoch after the kill."""
+    epoch after the kill. With checkpoints every ``steps + 1`` steps no epoch's end has
+    one: the best epoch's weights are written from early stopping's memory instead."""
     from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
     from mach_tf.training.group import best_epoch_summary
 
@@ -250,7 +255,7 @@ def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, t
                 record_filter=setup.split.train_filter()),
             steps_per_epoch=setup.steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
             callbacks=[_ForgetAfter(forget)] + setup.callbacks, after_checkpoint=after,
-            every_steps=2)
+            every_steps=2 if saves == "every 2 steps" else setup.steps + 1, every_seconds=0)
         return model, setup, hist, info
 
     ref, ref_setup, ref_hist, _ = attempt(str(tmp_path / "ref"))
@@ -269,6 +274,10 @@ def test_early_stopping_resumes_its_state_after_a_restart(tmp_path, tiny_data, t
     # Two mid-epoch checkpoints came after the best epoch's end; its file is still kept.
     assert str(best) in state["epoch_ends"]
     assert state["epoch_ends"][str(best)] not in (state["weights"], state["previous"])
+    if saves == "off the epoch ends":
+        saved = [int(f[5:14]) for f in os.listdir(ckpt_dir) if f.startswith("ckpt-")]
+        assert saved and all(g % steps for g in saved)  # no save fell on an epoch's end
+        assert state["epoch_ends"] == {str(best): f"epoch-{best:06d}.weights.npz"}
 
     model, setup, hist, info = attempt(ckpt_dir)
     assert info["resumed_from"]["global_step"] == state["global_step"] > forget * steps

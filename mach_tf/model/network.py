@@ -58,6 +58,10 @@ class MachModel(keras.Model):
             the first layer then reads their output.
         encoder_trainable: Whether the encoders train (``False``: they run in inference
             mode and their weights stay as loaded).
+        kernel_initializer: Every layer's kernel initializer instead of each layer's own
+            seeded one: ``"zeros"`` for a model whose weights are set right after it is
+            built (:func:`split`, :func:`stack`), which skips drawing D * G * H random
+            numbers that would be overwritten. Not part of the model's config.
 
     Call with a dict of ``feature_ids`` (int, ``[batch, n]``, -1 padded) and
     ``feature_values`` (float32, ``[batch, n]``), or for a dense model ``embedding``
@@ -67,7 +71,7 @@ class MachModel(keras.Model):
     def __init__(self, num_features, num_buckets, hidden_units, repetitions=(0,), seeds=None,
                  activation="relu", dropout=0.0, feature_norm="l2", feature_weighting="none",
                  precision="float32", input_format="sparse", encoders=(),
-                 encoder_trainable=True, **kwargs):
+                 encoder_trainable=True, kernel_initializer=None, **kwargs):
         # The model never casts its inputs: each layer casts what it computes with.
         super().__init__(dtype=precision, autocast=False, **kwargs)
         self.precision = precision
@@ -95,6 +99,7 @@ class MachModel(keras.Model):
         # Without hidden layers the input layer is the output layer: a linear model from
         # the features to the B bucket logits (the MACH paper's classifier for sparse text
         # features).
+        init = {} if kernel_initializer is None else {"kernel_initializer": kernel_initializer}
         first = self.hidden_units[0] if self.hidden_units else self.num_buckets
         first_activation = activation if self.hidden_units else None
         if input_format == "dense":
@@ -103,20 +108,21 @@ class MachModel(keras.Model):
                 width = output_dim(self.encoders[0], self.num_features, f"{self.name}'s encoder")
             self.dense_input = DenseInput(width, first, groups=g,
                                           activation=first_activation, normalize=feature_norm,
-                                          seeds=self.seeds, dtype=precision, name="dense_input")
+                                          seeds=self.seeds, dtype=precision, name="dense_input",
+                                          **init)
         else:
             self.sparse_input = SparseDense(self.num_features, first, groups=g,
                                             activation=first_activation,
                                             normalize=feature_norm, seeds=self.seeds,
                                             weighting=feature_weighting, dtype=precision,
-                                            name="sparse_input")
+                                            name="sparse_input", **init)
         self.hidden = [GroupedDense(h, groups=g, activation=activation,
                                     seeds=[s + 101 * (i + 1) for s in self.seeds],
-                                    dtype=precision, name=f"hidden_{i + 1}")
+                                    dtype=precision, name=f"hidden_{i + 1}", **init)
                        for i, h in enumerate(self.hidden_units[1:])]
         self.output_layer = GroupedDense(
             self.num_buckets, groups=g, activation=None, seeds=[s + 7 for s in self.seeds],
-            dtype=precision, name="buckets") if self.hidden_units else None
+            dtype=precision, name="buckets", **init) if self.hidden_units else None
         self.drop = keras.layers.Dropout(self.dropout, dtype=precision) \
             if self.dropout > 0 and self.hidden_units else None
 
@@ -243,7 +249,8 @@ def _like(model: MachModel, repetitions, seeds, encoders=()) -> MachModel:
                   dropout=model.dropout, feature_norm=model.feature_norm,
                   feature_weighting=model.feature_weighting, input_format=model.input_format,
                   encoders=list(encoders), encoder_trainable=model.encoder_trainable,
-                  name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
+                  name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200],
+                  kernel_initializer="zeros")  # every weight is set right after
     m.build(None)
     weights = getattr(model.input_layer, "feature_weights", None)
     if weights is not None:

@@ -143,7 +143,7 @@ class GroupCheckpoint:
 
     def _read_epoch_weights(self, name: str) -> list:
         with tf.io.gfile.GFile(os.path.join(self.directory, name), "rb") as f:
-            with np.load(io.BytesIO(f.read())) as arrays:
+            with np.load(io.BytesIO(f.read()), allow_pickle=False) as arrays:
                 return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
     def restore(self, model) -> dict | None:
@@ -303,14 +303,14 @@ def fit_resumable(model, dataset_for_epochs: Callable[[int, int], "tf.data.Datas
             weights_at_epoch)`` method (early stopping, the plateau schedule) get the
             epochs run before a restart replayed into them, so a resumed group stops and
             lowers its rate exactly as an uninterrupted one; the checkpoint keeps the
-            file of their ``kept_epoch()`` (the best epoch), and those with ``hold_end``
+            weights of their ``kept_epoch()`` (the best epoch), and those with ``hold_end``
             restore their best weights only when training ends (:meth:`finish`), not at
             the end of each ``fit``.
-        after_checkpoint: Callbacks run after the checkpoint's (progress reports, so a
-            reported epoch is a saved one).
+        after_checkpoint: Callbacks run after the checkpoint's (progress reports: an
+            epoch whose end is checkpointed is saved before it is reported).
         validation_data: Passed to ``fit``.
         verbose: ``fit`` verbosity.
-        every_steps: Also checkpoint every this many steps (0: only by time and epoch).
+        every_steps: Also checkpoint every this many steps (0: only by time).
         every_seconds: Also checkpoint when this much time passed since the last one
             (0: never by time).
         before_save: Called before each checkpoint write (claims check; may raise).

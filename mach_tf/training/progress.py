@@ -69,8 +69,9 @@ class GroupProgress(keras.callbacks.Callback):
     """Rewrites the group's progress record when training starts and after every epoch
     (see the module docstring), and sends an ``epoch`` event.
 
-    Put it after the step checkpoint (a reported epoch is a saved one) and after the
-    callbacks that add the merged validation and stop early (it reads their logs).
+    Put it after the step checkpoint (an epoch whose end is checkpointed is saved before
+    it is reported) and after the callbacks that add the merged validation and stop early
+    (it reads their logs).
 
     Args:
         worker: This worker's index.

@@ -25,13 +25,15 @@ In one run:
 With ``--epoch``, where a whole epoch of the default run goes instead, through the real
 ``mach_tf.train`` on real TFRecords (``--data PREFIX``, default the tagging-shaped synthetic
 set of ``benchmarks.time_to_accuracy``: 50,000 labels, 20,000 features, 20,000 points),
-one group of the default config (``--epochs`` epochs, no early stop), under ``cProfile``:
+one group of the default config (``--epochs`` epochs; early stopping runs but its patience
+is the epoch count, so it never stops the group), under ``cProfile``:
 
 * ``epoch_s``: the epoch's wall time, and its parts: ``steps_s`` (the ``fit`` steps, from
   the batch's start to its end: forward, backward, optimizer and any wait for input),
   ``merged_validation_s`` (``MergedValidation.compute``: the held-out points scored and
   merged), ``repetition_validation_s`` (the per-repetition validation scalars),
-  ``checkpoint_s`` (``GroupCheckpoint.save``), ``tensorboard_s`` (Keras' TensorBoard
+  ``checkpoint_s`` (``GroupCheckpoint.save``), ``early_stopping_s`` (early stopping,
+  which keeps the weights of every improving epoch), ``tensorboard_s`` (Keras' TensorBoard
   callback and the merged scalars) and ``other_s`` (the rest: Keras' loop, other
   callbacks, Python);
 * once per group: ``setup_s`` (split, validation sample, model build and compile),
@@ -172,6 +174,7 @@ def epoch_profile(args) -> dict:
     from mach_tf.data import config_for_data
     from mach_tf.launch.local import train
     from mach_tf.model.network import build_model, compile_model
+    from mach_tf.training.callbacks import ResumableEarlyStopping
     from mach_tf.training.pipeline import epochs_dataset
     from mach_tf.training.validation import data_split, steps_per_epoch
     from tfrecords_tools.convert import convert
@@ -184,8 +187,9 @@ def epoch_profile(args) -> dict:
             if not os.path.exists(prefix + ".manifest.json"):
                 convert(os.path.join(folder, "train.txt"), prefix)
         base = config_for_data(prefix, seed=args.seed)
+        # Early stopping runs (it keeps each improving epoch's weights) but never stops.
         config = base.replace(num_repetitions=base.group_size, epochs=args.epochs,
-                              early_stopping_patience=0, hashing=None)
+                              early_stopping_patience=args.epochs, hashing=None)
         run = os.path.join(work, "run")
         shutil.rmtree(run, ignore_errors=True)  # a kept workdir's earlier run is complete
         timer = StepTimer()
@@ -202,11 +206,18 @@ def epoch_profile(args) -> dict:
             return sum(v[3] for (f, _, name), v in stats.stats.items()
                        if name == func and file_part in f)
 
+        stopping = ResumableEarlyStopping.on_epoch_end.__code__
+        early_stopping_s = sum(v[3] for (f, line, name), v in stats.stats.items()
+                               if (f, line, name) == (stopping.co_filename,
+                                                      stopping.co_firstlineno,
+                                                      stopping.co_name))
+
         steps = float(np.sum(timer.segments[-1]))
         parts = {"merged_validation_s": cum("training/callbacks.py", "compute"),
                  "repetition_validation_s": cum("training/tensorboard.py", "on_epoch_end")
                  - cum("training/tensorboard.py", "compute"),
                  "checkpoint_s": cum("training/checkpoint.py", "save"),
+                 "early_stopping_s": early_stopping_s,
                  "tensorboard_s": cum("keras/src/callbacks/tensorboard.py", "on_epoch_end")}
         fit_s = cum("training/checkpoint.py", "fit_resumable")
         setup_s = cum("training/group.py", "setup_group") + cum(

@@ -261,8 +261,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         best = self.best
         super().on_epoch_end(epoch, logs)
-        if self.best is not None and self.best_epoch == epoch and (
-                self.best != best or self.best_weights is None):
+        if self.best is not None and self.best != best:  # this epoch improved
             # A snapshot of the variables as tensors: Keras' ``get_weights()`` copies
             # them into numpy arrays, 0.3 to 0.5 s per improving epoch at the tagging
             # shape (176 MB); a tensor read shares or copies the buffer in TensorFlow.

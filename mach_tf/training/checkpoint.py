@@ -200,7 +200,7 @@ class GroupCheckpoint:
                 weights = self._read_epoch_weights(name)
             except (OSError, ValueError, KeyError, tf.errors.OpError):
                 return None
-            shapes = [np.shape(w) for w in model.get_weights()]
+            shapes = [tuple(v.shape) for v in model.weights]
             return weights if [w.shape for w in weights] == shapes else None
         try:
             model.load_weights(os.path.join(self.directory, name))
@@ -239,24 +239,24 @@ class StepCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def keep_epochs(self) -> tuple:
-        kept = (getattr(c, "kept_epoch", lambda: None)() for c in self.stateful)
-        return tuple(e for e in kept if e is not None)
-
-    def kept_weights(self, epoch: int) -> list:
-        """The weights of ``epoch`` held by the callback that keeps it (early stopping's
-        best weights)."""
+    def _keepers(self) -> dict:
+        """``{epoch: callback}``: the epochs whose weights the stateful callbacks keep
+        (early stopping's best epoch), each with the callback holding them."""
+        kept = {}
         for c in self.stateful:
-            if getattr(c, "kept_epoch", lambda: None)() == epoch:
-                return c.kept_weights()
-        raise ValueError(f"no callback keeps the weights of epoch {epoch}")
+            e = getattr(c, "kept_epoch", lambda: None)()
+            if e is not None:
+                kept[e] = c
+        return kept
 
     def _save(self, epoch, step, end_of=None):
         if self.before_save is not None:
             self.before_save()
+        keepers = self._keepers()
         self.ckpt.save(self.model, epoch=epoch, step=step, global_step=self.global_step,
                        steps_per_epoch=self.spe, history=self.history, end_of=end_of,
-                       keep_epochs=self.keep_epochs(), kept_weights=self.kept_weights)
+                       keep_epochs=tuple(keepers),
+                       kept_weights=lambda e: keepers[e].kept_weights())
         self._last_step = self.global_step
         self._last_time = time.monotonic()
 

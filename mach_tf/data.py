@@ -19,7 +19,8 @@ from mach_tf.hashing import buckets_tf
 from mach_tf.inputs import DEFAULT_TEXT_FEATURES, TEXT_OVERRIDES, TextSettings
 from mach_tf.model.encoders import encoder_settings
 from mach_tf.model.network import DENSE_KEY
-from tfrecords_tools.dataset import batch_and_parse, make_dataset, make_record_dataset
+from tfrecords_tools.dataset import (batch_and_parse, graph_only, make_dataset,
+                                     make_record_dataset)
 from tfrecords_tools.manifest import Manifest
 
 #: The keys of ``train --encoder-file/--encoder/--freeze-encoder`` among config overrides.
@@ -185,16 +186,27 @@ def bucket_targets(labels: tf.RaggedTensor, config: MachConfig,
         config: The run's config (its persisted hash family).
         repetitions: The G repetitions of the group, in group order.
     """
+    return padded_targets(label_buckets(labels, config, repetitions))
+
+
+def label_buckets(labels: tf.RaggedTensor, config: MachConfig,
+                  repetitions: Sequence[int]) -> tf.RaggedTensor:
+    """Each label's bucket in each repetition: ragged int32 ``[batch, None, G]`` (the
+    unpadded form of :func:`bucket_targets`)."""
     family = config.hash_family.subset(repetitions)
-    flat = labels.flat_values
-    b = buckets_tf(flat, tf.constant(family.a, tf.int64), tf.constant(family.b, tf.int64),
-                   family.num_buckets, family.prime)  # [G, nnz]
-    rag = tf.RaggedTensor.from_row_splits(tf.transpose(b), labels.row_splits)  # [batch,None,G]
-    dense = rag.to_tensor(default_value=-1)  # [batch, L, G]
-    return tf.cast(tf.transpose(dense, [0, 2, 1]), tf.int32)
+    b = buckets_tf(labels.flat_values, tf.constant(family.a, tf.int64),
+                   tf.constant(family.b, tf.int64), family.num_buckets,
+                   family.prime)  # [G, nnz]
+    return tf.RaggedTensor.from_row_splits(tf.cast(tf.transpose(b), tf.int32),
+                                           labels.row_splits)
 
 
-def _inputs(featurizer):
+def padded_targets(buckets: tf.RaggedTensor) -> tf.Tensor:
+    """:func:`label_buckets` ``[batch, None, G]`` -> ``[batch, G, L]`` padded with -1."""
+    return tf.transpose(buckets.to_tensor(default_value=-1), [0, 2, 1])
+
+
+def model_inputs(featurizer):
     """Model inputs of a parsed batch: its sparse features, or its text featurised by
     ``featurizer`` (a :class:`mach_tf.text.TextFeaturizer`) for text datasets."""
     if featurizer is None:
@@ -228,8 +240,9 @@ def training_batches(records: tf.data.Dataset, config: MachConfig,
                          embedding_dim=config.num_features
                          if config.input_format == "dense" else None)
     reps = list(repetitions)
-    inputs = _inputs(featurizer)
-    return ds.map(lambda b: (inputs(b), bucket_targets(b["labels"], config, reps)),
+    inputs = model_inputs(featurizer)
+    return ds.map(graph_only(lambda b: (inputs(b),
+                                        bucket_targets(b["labels"], config, reps))),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -240,6 +253,6 @@ def evaluation_dataset(data, batch_size: int, featurizer=None, raw_text: bool = 
     ``record_filter`` keeps only some serialized records."""
     ds = make_dataset(data, batch_size, shuffle=False,
                       with_text=featurizer is not None or raw_text, record_filter=record_filter)
-    inputs = (lambda b: b["text"]) if raw_text else _inputs(featurizer)
-    return ds.map(lambda b: (inputs(b), b["labels"]),
+    inputs = (lambda b: b["text"]) if raw_text else model_inputs(featurizer)
+    return ds.map(graph_only(lambda b: (inputs(b), b["labels"])),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

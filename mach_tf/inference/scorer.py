@@ -41,7 +41,7 @@ class MergedScorer:
         """``(scores [batch, k], class_ids [batch, k])`` for padded sparse ``inputs``."""
         return self._topk_fn(inputs, k)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def _topk_fn(self, inputs, k):
         return self.topk_layer(self.bucket_scores(inputs), k=k)
 

@@ -205,7 +205,8 @@ class TextFeaturizer(keras.layers.Layer):
         df = np.zeros(self.num_features, np.int64)
         n = 0
         count = tf.function(self._document_ids,
-                            input_signature=[tf.TensorSpec([None], tf.string)])
+                            input_signature=[tf.TensorSpec([None], tf.string)],
+                            autograph=False)
         for i, batch in enumerate(data):
             if steps is not None and i >= steps:
                 break

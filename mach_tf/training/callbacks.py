@@ -178,9 +178,10 @@ class MergedValidation(keras.callbacks.Callback):
         vector = tf.TensorSpec([None], tf.int64)
         if self.done_scores is None:
             return tf.function(lambda x, v, n: self._score(x, v, n),
-                               input_signature=[spec, vector, vector])
+                               input_signature=[spec, vector, vector], autograph=False)
         done = tf.TensorSpec([None, *self.done_scores.shape[1:]], tf.float32)
-        return tf.function(self._score, input_signature=[spec, vector, vector, done])
+        return tf.function(self._score, input_signature=[spec, vector, vector, done],
+                           autograph=False)
 
     def _parts(self):
         """``(inputs, labels, label values, label lengths, done)`` of every scoring batch,

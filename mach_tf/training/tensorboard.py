@@ -117,7 +117,7 @@ def traced_repetition_stats(model, config: MachConfig, repetitions: Sequence[int
             for k, v in inputs.items()}
     vector = tf.TensorSpec([None], tf.int64)
     return tf.function(_repetition_stats(model, config, repetitions),
-                       input_signature=[spec, vector, vector])
+                       input_signature=[spec, vector, vector], autograph=False)
 
 
 class RepetitionScalars(keras.callbacks.Callback):

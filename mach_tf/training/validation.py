@@ -19,6 +19,7 @@ from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.data import evaluation_dataset
 from tfrecords_tools import atomic
+from tfrecords_tools.dataset import graph_only
 from tfrecords_tools.manifest import Manifest
 
 #: Resolution of the split: a record is held out when its hash in [0, 2^30) falls below
@@ -61,14 +62,14 @@ class DataSplit:
         if not self.carved:
             return None
         fraction, seed = self.fraction, self.seed
-        return lambda s: tf.logical_not(_holdout_mask(s, fraction, seed))
+        return graph_only(lambda s: tf.logical_not(_holdout_mask(s, fraction, seed)))
 
     def valid_filter(self):
         """The ``record_filter`` of the validation side (``None``: every record)."""
         if not self.carved:
             return None
         fraction, seed = self.fraction, self.seed
-        return lambda s: _holdout_mask(s, fraction, seed)
+        return graph_only(lambda s: _holdout_mask(s, fraction, seed))
 
     def num_train_examples(self) -> int:
         """Expected training points (exact for separate validation data)."""

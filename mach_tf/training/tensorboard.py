@@ -35,7 +35,8 @@ from mach_tf.config import MachConfig
 from mach_tf.data import bucket_targets
 from mach_tf.model.metrics import repetition_batch_stats
 from mach_tf.text.statistics import load_featurizer
-from mach_tf.training.callbacks import PREFIX, TRACE_MIN_CALLS, MergedValidation
+from mach_tf.training.callbacks import (PREFIX, TRACE_MIN_CALLS, MergedValidation,
+                                        merged_metrics)
 from mach_tf.training.validation import DataSplit, load_sample, sample_budget
 
 MERGED_TAGS = ("p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5")
@@ -250,10 +251,8 @@ def final_validation(run: str, config: MachConfig | None = None) -> dict | None:
     split = DataSplit.from_dict(info)
     featurizer = load_featurizer(run, config) if config.text is not None else None
     sample = load_sample(split, sample_budget(config), featurizer=featurizer)
-    _, stacked = rundir.load_all(run)
-    mv = MergedValidation(config, sample, list(range(config.num_repetitions)))
-    mv.set_model(stacked)
-    res = mv.compute()["run"]
+    config, models = rundir.load_repetitions(run)  # as served: with the popularity penalty
+    res = merged_metrics(config, sample, models, range(config.num_repetitions))
     return {k: float(v) for k, v in res.items()}
 
 

@@ -14,8 +14,8 @@ from mach_tf.inference.ranking import RankingMetrics
 from mach_tf.inference.reference import merged_topk_numpy
 from mach_tf.model.network import bucket_scores, build_model, compile_model
 from mach_tf.training.callbacks import (VALIDATION_EXACT_MAX_CLASSES, MergedValidation,
-                                        completed_scores, monitor_name, training_callbacks,
-                                        validation_decoder)
+                                        bucket_scores_of, completed_scores, monitor_name,
+                                        training_callbacks, validation_decoder)
 from mach_tf.training.group import setup_group
 from mach_tf.training import pipeline
 from mach_tf.training.pipeline import epochs_dataset
@@ -123,27 +123,31 @@ def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_d
     config = tiny_config
     sample = load_sample(data_split(config, tiny_data["train"]), 120)
     loaded = []
-    real = rundir.load_all
+    real = rundir.load_repetitions
 
-    def counting(run, reps=None, served=True):
+    def counting(run, reps=None, served=True, popularity_penalty=None):
         assert not served  # merged with the group in training: as trained, no penalty
-        loaded.append(list(reps))
-        return real(run, reps, served)
+        loaded.extend(reps)
+        return real(run, reps, served, popularity_penalty)
 
-    monkeypatch.setattr(rundir, "load_all", counting)
+    monkeypatch.setattr(rundir, "load_repetitions", counting)
     cache = {}
     first = completed_scores(tiny_run, config, sample, exclude=[2, 3], cache=cache)
     second = completed_scores(tiny_run, config, sample, exclude=[3], cache=cache)
-    assert loaded == [[0, 1], [2]]  # a later group loads only the newly complete one
+    assert loaded == [0, 1, 2]  # a later group loads only the newly complete one
     plain = completed_scores(tiny_run, config, sample, exclude=[3])
     assert second[0] == plain[0] == [0, 1, 2] and first[0] == [0, 1]
-    # (stacking other repetitions changes the batched matmul's rounding: 1 ulp)
-    np.testing.assert_allclose(second[1], plain[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(first[1], plain[1][:, :2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(second[1], plain[1])
+    np.testing.assert_array_equal(first[1], plain[1][:, :2])
+    # Each repetition scored alone gives the scores of the run's stacked model.
+    _, stacked = rundir.load_all(tiny_run, [0, 1, 2], served=False)
+    np.testing.assert_allclose(plain[1], bucket_scores_of(stacked, config, sample),
+                               rtol=1e-5, atol=1e-6)  # (the batched matmul's rounding)
     # Another sample (another run, split or budget) starts the cache afresh.
+    del loaded[:]
     other = load_sample(data_split(config, tiny_data["train"]), 60)
     completed_scores(tiny_run, config, other, exclude=[3], cache=cache)
-    assert loaded[-1] == [0, 1, 2]
+    assert loaded == [0, 1, 2]
 
 
 def test_a_worker_reads_its_validation_sample_once(tiny_run, tiny_data, tiny_config,

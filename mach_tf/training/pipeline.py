@@ -81,11 +81,15 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
         out = training_batches(
             _epochs(None, manifest, config, first, skip, steps, record_filter), config,
             group, featurizer=featurizer)
+    options = tf.data.Options()
+    # No autotuning thread: the training iterator ends with its group's last epoch, and
+    # destroying it waits for that thread's current sleep between optimisations, which
+    # grows with the iterator's age (3 to 70 s at group ends, measured). The map and
+    # prefetch then run at fixed sizes: the thread budget (or all cores) and a buffer.
+    options.autotune.enabled = False
     if _THREADS:
-        options = tf.data.Options()
         options.threading.private_threadpool_size = _THREADS
-        out = out.with_options(options)
-    return out
+    return out.with_options(options)
 
 
 def _epochs(kept, manifest: Manifest, config: MachConfig, first: int, skip: int,

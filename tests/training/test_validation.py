@@ -495,3 +495,16 @@ def test_parsed_records_gather_the_batches_parsing_gives(kind, tiny_data, tiny_c
         np.testing.assert_array_equal(got_inputs[key].numpy(), want_inputs[key].numpy())
     np.testing.assert_array_equal(got_targets.numpy(), want_targets.numpy())
     assert got_targets.shape[1] == len(reps)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_the_training_input_runs_without_an_autotuning_thread(tiny_data, tiny_config,
+                                                              in_memory, monkeypatch):
+    """Destroying an iterator waits for its autotuning thread's current sleep, which grows
+    with the iterator's age: a group's training iterator, alive for its whole fit, held
+    every group's end for 3 to 70 s. The training input runs without one."""
+    if not in_memory:
+        monkeypatch.setattr(pipeline, "CACHE_MAX_BYTES", 0)
+    ds = epochs_dataset(tiny_data["train"], tiny_config.replace(epochs=2), [0, 1], 0, 0, 3)
+    assert ds.options().autotune.enabled is False
+    assert len(list(ds)) == 6

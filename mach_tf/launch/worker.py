@@ -98,7 +98,7 @@ def train_worker(run: str, train: str, valid: str | None = None,
         log(f"{tag} repetitions {report.skipped} already complete: skipped")
     owner = Owner.this_process(index)
     pending = plan_groups(run, mine, todo, config.group_size)
-    worker_cache: dict = {}  # validation sample and complete repetitions' scores
+    worker_cache: dict = {}  # validation sample, complete repetitions' scores, parsed data
     waiting: set = set()  # groups whose holders were already named in the log
     while pending:
         deferred = []

@@ -190,8 +190,9 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         callbacks: More Keras callbacks for the group's ``fit``, run after the reporting
             ones (e.g. a step timer; see ``benchmarks/train_speed.py``).
         worker_cache: Kept by the worker across its groups: the validation sample and
-            the run's complete repetitions' scores on it (see
-            :func:`setup_group`).
+            the run's complete repetitions' scores on it (see :func:`setup_group`), and
+            the training records parsed in memory (see
+            :func:`mach_tf.training.pipeline.epochs_dataset`).
 
     Returns:
         The per-epoch history of the group.
@@ -236,8 +237,10 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
         with located_read_errors(train, valid):
             hist, info = fit_resumable(
                 model,
-                lambda first, skip: epochs_dataset(train, config, group, first, skip, steps,
-                                                   featurizer, setup.split.train_filter()),
+                lambda first, skip: epochs_dataset(
+                    train, config, group, first, skip, steps, featurizer,
+                    setup.split.train_filter(), kept=worker_cache,
+                    kept_key=json.dumps(setup.split.to_dict(), sort_keys=True)),
                 steps_per_epoch=steps, epochs=config.epochs, checkpoint_dir=ckpt_dir,
                 callbacks=fit_callbacks, after_checkpoint=reporting, verbose=verbose,
                 every_steps=checkpoint_every, before_save=check)

@@ -53,14 +53,19 @@ def in_memory(train) -> bool:
 
 
 def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: int,
-                   skip: int, steps: int, featurizer=None, record_filter=None):
+                   skip: int, steps: int, featurizer=None, record_filter=None,
+                   kept: dict | None = None, kept_key: str = ""):
     """The training batches of epochs ``first..config.epochs-1``, ``skip`` batches of the
     first left out. Epoch ``e`` is shuffled with seed ``config.seed + e`` alone, so a
     resumed group sees exactly the batches an uninterrupted one would.
 
     Each epoch is exactly ``steps`` batches of its own repeated stream: with a carved
     validation split (``record_filter``) the number of training records is only
-    estimated, and an epoch must never run out of data."""
+    estimated, and an epoch must never run out of data.
+
+    ``kept``: a dict a worker keeps across its groups. Training data held in memory is
+    then parsed once per worker, not once per group: it is kept there under the training
+    prefix and ``kept_key``, which must name the ``record_filter`` (the split)."""
     # Each epoch is a fixed number of records of its own shuffled stream, so batching the
     # concatenation gives exactly its ``steps`` batches; batching, parsing and the bucket
     # targets are then traced once, not once per epoch (seconds each on a 60-epoch cap).
@@ -70,7 +75,14 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
         # each epoch shuffles the record numbers and gathers its batches from memory.
         # The files are not read again, no epoch waits for a shuffle buffer filled from
         # them, and no step competes with parsing for the cores.
-        table = ParsedRecords(manifest, config, group, featurizer, record_filter)
+        key = (train, kept_key, featurizer is not None, config.input_format)
+        parsed = None if kept is None else kept.get("parsed")
+        if parsed is None or parsed[0] != key:
+            parsed = (key, parse_records(manifest, config, featurizer is not None,
+                                         record_filter))
+            if kept is not None:
+                kept["parsed"] = parsed  # one entry: a worker trains on one split
+        table = ParsedRecords(parsed[1], config, group, featurizer)
         out = _epochs(tf.data.Dataset.range(table.size), manifest, config, first, skip,
                       steps)
         out = out.batch(config.batch_size).map(graph_only(table.batch),
@@ -128,25 +140,32 @@ def _concatenate(streams: list) -> tf.data.Dataset:
     return streams[0]
 
 
-class ParsedRecords:
-    """A group's training records parsed once and kept as tensors, with each label's
-    bucket in the group's repetitions; :meth:`batch` gathers a batch of them by record
-    number, the same ``(inputs, targets)`` that parsing those records would give."""
+def parse_records(manifest: Manifest, config: MachConfig, with_text: bool = False,
+                  record_filter=None) -> dict:
+    """The training records kept by ``record_filter``, read and parsed into one batch:
+    ragged ``labels`` and the columns of the model's input (``feature_ids`` and
+    ``feature_values``, ``embedding`` for dense data, ``text`` with ``with_text``)."""
+    embedding_dim = config.num_features if config.input_format == "dense" else None
+    chunks = make_record_dataset(manifest, record_filter=record_filter).batch(
+        _PARSE_CHUNK).map(graph_only(lambda s: parse_batch(s, with_text, embedding_dim)))
+    columns: dict = {}
+    for chunk in chunks:
+        for key, value in chunk.items():
+            columns.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else tf.concat(v, axis=0) for k, v in columns.items()}
 
-    def __init__(self, manifest: Manifest, config: MachConfig, group: Sequence[int],
-                 featurizer=None, record_filter=None):
-        embedding_dim = config.num_features if config.input_format == "dense" else None
-        chunks = make_record_dataset(manifest, record_filter=record_filter).batch(
-            _PARSE_CHUNK).map(graph_only(lambda s: parse_batch(s, featurizer is not None,
-                                                               embedding_dim)))
-        columns: dict = {}
-        for chunk in chunks:
-            for key, value in chunk.items():
-                columns.setdefault(key, []).append(value)
-        columns = {k: v[0] if len(v) == 1 else tf.concat(v, axis=0)
-                   for k, v in columns.items()}
+
+class ParsedRecords:
+    """A group's training records parsed (:func:`parse_records`) and kept as tensors, with
+    each label's bucket in the group's repetitions; :meth:`batch` gathers a batch of them
+    by record number, the same ``(inputs, targets)`` that parsing those records would
+    give."""
+
+    def __init__(self, parsed: dict, config: MachConfig, group: Sequence[int],
+                 featurizer=None):
+        columns = dict(parsed)
         labels = columns.pop("labels", None)
-        #: How many records were kept (after ``record_filter``).
+        #: How many records were kept (after the split's filter).
         self.size = 0 if labels is None else int(labels.nrows())
         self._columns = columns
         self._targets = None if labels is None else label_buckets(labels, config, list(group))

@@ -483,7 +483,8 @@ def test_parsed_records_gather_the_batches_parsing_gives(kind, tiny_data, tiny_c
     reps = [1, 0]
     keep = data_split(config, train).train_filter()
     records = list(make_record_dataset(train, record_filter=keep).as_numpy_iterator())
-    table = pipeline.ParsedRecords(Manifest.load(train), config, reps, record_filter=keep)
+    table = pipeline.ParsedRecords(pipeline.parse_records(Manifest.load(train), config,
+                                                          record_filter=keep), config, reps)
     assert table.size == len(records)
     numbers = np.random.default_rng(0).permutation(len(records))[:37]
     got_inputs, got_targets = table.batch(tf.constant(numbers, tf.int64))
@@ -508,3 +509,35 @@ def test_the_training_input_runs_without_an_autotuning_thread(tiny_data, tiny_co
     ds = epochs_dataset(tiny_data["train"], tiny_config.replace(epochs=2), [0, 1], 0, 0, 3)
     assert ds.options().autotune.enabled is False
     assert len(list(ds)) == 6
+
+
+def test_a_worker_parses_its_training_data_once(tiny_data, tiny_config, monkeypatch):
+    """A worker's later groups gather their batches from the records its first group
+    parsed (each with its own repetitions' buckets), and another split parses again."""
+    config, steps = tiny_config.replace(epochs=2), 3
+    keep = data_split(config, tiny_data["train"]).train_filter()
+    reads = []
+    real = pipeline.make_record_dataset
+
+    def counting(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_record_dataset", counting)
+    kept = {}
+
+    def batches(reps, key="split", cache=kept):
+        return [(x["feature_ids"].numpy(), y.numpy()) for x, y in epochs_dataset(
+            tiny_data["train"], config, reps, 0, 0, steps, record_filter=keep, kept=cache,
+            kept_key=key)]
+
+    first = batches([0, 1])
+    second = batches([2, 3])
+    assert len(reads) == 1
+    for (gx, gy), (ex, ey) in zip(second, batches([2, 3], cache=None)):
+        np.testing.assert_array_equal(gx, ex)
+        np.testing.assert_array_equal(gy, ey)
+    assert any((a[1] != b[1]).any() for a, b in zip(first, second))  # their own buckets
+    assert len(reads) == 2  # (the uncached reference read the files itself)
+    batches([0, 1], key="another split")
+    assert len(reads) == 3

@@ -150,18 +150,23 @@ def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_d
     assert loaded == [0, 1, 2]
 
 
+def _count_first_arguments(monkeypatch, module, name: str) -> list:
+    """Wraps ``module.name`` to record the first argument of every call (the list)."""
+    calls, real = [], getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 def test_a_worker_reads_its_validation_sample_once(tiny_run, tiny_data, tiny_config,
                                                    monkeypatch):
     import mach_tf.training.group as group_training
 
-    reads = []
-    real = group_training.load_sample
-
-    def counting(*args, **kwargs):
-        reads.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(group_training, "load_sample", counting)
+    reads = _count_first_arguments(monkeypatch, group_training, "load_sample")
     cache = {}
     setups = [setup_group(build_model(tiny_config, reps), tiny_config, reps,
                           tiny_data["train"], run=tiny_run, worker_cache=cache)
@@ -516,14 +521,7 @@ def test_a_worker_parses_its_training_data_once(tiny_data, tiny_config, monkeypa
     parsed (each with its own repetitions' buckets), and another split parses again."""
     config, steps = tiny_config.replace(epochs=2), 3
     keep = data_split(config, tiny_data["train"]).train_filter()
-    reads = []
-    real = pipeline.make_record_dataset
-
-    def counting(*args, **kwargs):
-        reads.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "make_record_dataset", counting)
+    reads = _count_first_arguments(monkeypatch, pipeline, "make_record_dataset")
     kept = {}
 
     def batches(reps, key="split", cache=kept):

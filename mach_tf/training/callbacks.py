@@ -71,6 +71,14 @@ def bucket_scores_of(model, config: MachConfig, sample: ValidationSample) -> np.
     return np.concatenate([score(inputs).numpy() for inputs, _ in sample.batches], axis=0)
 
 
+def validation_topk(config: MachConfig, repetitions: Sequence[int]) -> MergedTopK:
+    """The merged top-k decoder the validation uses for ``repetitions`` (exact or by
+    candidates, :func:`validation_decoder`)."""
+    family = config.hash_family.subset(list(repetitions))
+    return MergedTopK(config.num_classes, family.to_dict(), k=max(KS),
+                      decoder=validation_decoder(config.num_classes))
+
+
 def merged_metrics(config: MachConfig, sample: ValidationSample, models: Sequence,
                    repetitions: Sequence[int]) -> dict:
     """The merged validation metrics of single-repetition ``models`` (repetitions
@@ -81,9 +89,7 @@ def merged_metrics(config: MachConfig, sample: ValidationSample, models: Sequenc
     kernel into one (at the tagging shape, 16 x 20,000 x 512 floats: 3.6 s of the run's
     final 10 s summary).
     """
-    decoder = MergedTopK(config.num_classes,
-                         config.hash_family.subset(list(repetitions)).to_dict(),
-                         k=max(KS), decoder=validation_decoder(config.num_classes))
+    decoder = validation_topk(config, repetitions)
     metrics = RankingMetrics(KS)
     step = eval_batch_size(config.num_classes)
     for inputs, labels in sample.batches:
@@ -149,14 +155,8 @@ class MergedValidation(keras.callbacks.Callback):
                 sample.num_examples, len(self.done_repetitions))):
             raise ValueError("done_scores must be [num_examples, len(done_repetitions), B]")
         self.done_scores = done_scores if self.done_repetitions else None
-        family = config.hash_family
-        decoder = validation_decoder(config.num_classes)
-        self.run_decoder = MergedTopK(
-            config.num_classes, family.subset(self.done_repetitions + self.repetitions).to_dict(),
-            k=max(KS), decoder=decoder)
-        self.group_decoder = MergedTopK(config.num_classes,
-                                        family.subset(self.repetitions).to_dict(), k=max(KS),
-                                        decoder=decoder)
+        self.run_decoder = validation_topk(config, self.done_repetitions + self.repetitions)
+        self.group_decoder = validation_topk(config, self.repetitions)
         self.history: list[dict] = []
         self.repetition_validation: tuple[np.ndarray, np.ndarray] | None = None
         self._fn = None

@@ -17,11 +17,12 @@ from tfrecords_tools.dataset import graph_only, make_record_dataset, parse_batch
 from tfrecords_tools.manifest import Manifest
 
 #: Training data of at most this many bytes on disk (four times that when gzipped) is read
-#: and parsed once per group and kept in memory, each epoch's batches gathered from there
-#: in a shuffled order; larger data is streamed from the files each epoch.
+#: and parsed once (per worker, given its cache) and kept in memory, each epoch's batches
+#: gathered from there in a shuffled order; larger data is streamed from the files each
+#: epoch.
 CACHE_MAX_BYTES = 256 << 20
 
-#: Records parsed per call when a group's training data is read into memory.
+#: Records parsed per call when training data is read into memory.
 _PARSE_CHUNK = 1 << 16
 
 _THREADS: int | None = None  # this process's thread budget, once configure_threads set it
@@ -71,8 +72,9 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
     # targets are then traced once, not once per epoch (seconds each on a 60-epoch cap).
     manifest = Manifest.load(train)
     if in_memory(manifest):
-        # Read, split by ``record_filter``, parsed and hashed into buckets once per group:
-        # each epoch shuffles the record numbers and gathers its batches from memory.
+        # Read, split by ``record_filter`` and parsed once (per worker, given ``kept``),
+        # hashed into the group's buckets once per group: each epoch shuffles the record
+        # numbers and gathers its batches from memory.
         # The files are not read again, no epoch waits for a shuffle buffer filled from
         # them, and no step competes with parsing for the cores.
         key = (train, kept_key, featurizer is not None, config.input_format)
@@ -104,17 +106,18 @@ def epochs_dataset(train: str, config: MachConfig, group: Sequence[int], first: 
     return out.with_options(options)
 
 
-def _epochs(kept, manifest: Manifest, config: MachConfig, first: int, skip: int,
+def _epochs(numbers, manifest: Manifest, config: MachConfig, first: int, skip: int,
             steps: int, record_filter=None) -> tf.data.Dataset:
     """The concatenated shuffled streams of epochs ``first..``, ``steps`` batches each:
-    of ``kept`` (a dataset held in memory) shuffled in full, or of the files read again."""
+    of ``numbers`` (the numbers of the records held in memory) shuffled in full, or of the
+    records read from the files again."""
     size = steps * config.batch_size
     streams = []
     for e in range(first, config.epochs):
-        if kept is not None:
+        if numbers is not None:
             # The shuffle of the whole training file's size, as when the records
             # themselves were kept: the same seed gives the same order.
-            stream = kept.shuffle(max(1, manifest.num_examples), seed=config.seed + e,
+            stream = numbers.shuffle(max(1, manifest.num_examples), seed=config.seed + e,
                                   reshuffle_each_iteration=True).repeat()
         else:
             stream = make_record_dataset(manifest, shuffle=True, seed=config.seed + e,

@@ -1,6 +1,8 @@
-"""The popularity penalty on the development split of runs already trained.
+"""The popularity penalty, and the number of repetitions, on the development split of runs
+already trained.
 
     python -m benchmarks.popularity --json RUN [RUN ...] [--penalty 0 0.1 0.2 0.3]
+        [--repetitions 4 8 12]
 
 The penalty only changes how trained repetitions are served (``popularity_penalty`` in
 ``mach_tf.config``: each repetition's bucket scores minus ``p`` times the log training
@@ -9,6 +11,14 @@ the held-out validation split its training carved (``RUN/validation.json``, neve
 test split) is scored by the exact merge of all repetitions, with the bucket frequencies
 taken from the run's label counts minus the held-out points' own labels (what the
 training side saw), and P@1/P@3/P@5 reported per penalty.
+
+``--repetitions r ...`` also scores the merge of the run's first r repetitions, per
+penalty. A repetition's initial weights follow from its index and the seed, its group
+(G consecutive repetitions) is the same whatever R is, and so are the group's batches and
+early stopping (it watches the group's own merge), while its hash function is one
+independent draw from the same family. So the first r repetitions of a run (r a multiple
+of G) are trained as a run with ``num_repetitions=r`` trains its own, up to the draw of the
+hash functions: the gain from R can be read off one trained run.
 
 The last stdout line is one JSON object.
 """
@@ -30,9 +40,9 @@ from mach_tf.model.network import bucket_prior
 from mach_tf.training.validation import DataSplit, load_sample
 
 
-def dev_scores(run: str):
-    """``(config, merged scores [n, K] of the trained run, labels, training-side counts)``
-    on the run's held-out validation split."""
+def dev_bucket_scores(run: str):
+    """``(config, bucket scores [n, R, B] of every repetition, labels, training-side
+    counts)`` on the run's held-out validation split."""
     config, model = rundir.load_all(run, served=False)
     info = rundir.read_json(rundir.validation_path(run))
     if not info.get("valid"):
@@ -45,34 +55,51 @@ def dev_scores(run: str):
         counts = counts - np.bincount(np.concatenate(held).astype(np.int64),
                                       minlength=config.num_classes)
     scorer = MergedScorer(config, model)
-    table = tf.constant(config.hash_family.table(config.num_classes))
-    merged = [exact_scores(scorer.bucket_scores({k: tf.constant(v) for k, v in inputs.items()}),
-                           table).numpy() for inputs, _ in sample.batches]
-    return config, np.concatenate(merged), labels, counts
+    scores = [scorer.bucket_scores({k: tf.constant(v) for k, v in inputs.items()}).numpy()
+              for inputs, _ in sample.batches]
+    return config, np.concatenate(scores), labels, counts
 
 
 def precision(scores: np.ndarray, labels, ks=(1, 3, 5)) -> dict:
-    """P@k of the top of ``scores`` as evaluation computes it (:class:`RankingMetrics`)."""
-    top = np.argpartition(-scores, max(ks), axis=1)[:, :max(ks)]
-    order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+    """P@k of the top of ``scores`` as evaluation computes it (:class:`RankingMetrics`),
+    ties going to the smaller class id as in exact decoding (a single repetition ties
+    every class of a bucket)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)]
     metrics = RankingMetrics(ks)
-    metrics.update(np.take_along_axis(top, order, 1), labels)
+    metrics.update(top, labels)
     result = metrics.result()
     return {f"p@{k}": round(float(result[f"p@{k}"]), 4) for k in ks}
 
 
-def score_penalties(run: str, penalties) -> dict:
-    config, merged, labels, counts = dev_scores(run)
+def score_penalties(run: str, penalties, repetitions=()) -> dict:
+    """P@k of the run's dev split per penalty, with all its repetitions (``by_penalty``)
+    and with its first r for each r in ``repetitions`` (``by_repetitions``)."""
+    config, scores, labels, counts = dev_bucket_scores(run)
     table = config.hash_family.table(config.num_classes)
-    rows = np.arange(config.num_repetitions)[:, None]
-    by = {}
-    for p in penalties:
-        prior = bucket_prior(config.replace(popularity_penalty=float(p)), counts)
-        offset = 0.0 if prior is None else prior[rows, table].mean(axis=0)[None]
-        by[str(p)] = precision(merged + offset, labels)
+    priors = {p: bucket_prior(config.replace(popularity_penalty=float(p)), counts)
+              for p in penalties}
+
+    def by_penalty(r: int) -> dict:
+        merged = exact_scores(tf.constant(scores[:, :r]), tf.constant(table[:r])).numpy()
+        out = {}
+        for p, prior in priors.items():
+            offset = 0.0 if prior is None else \
+                prior[np.arange(r)[:, None], table[:r]].mean(axis=0)[None]
+            out[str(p)] = precision(merged + offset, labels)
+        return out
+
     n = rundir.read_json(rundir.train_data_path(run))["num_examples"]
-    return {"run": run, "num_dev": len(labels), "num_classes": int(config.num_classes),
-            "examples_per_class": round(n / config.num_classes, 2), "by_penalty": by}
+    result = {"run": run, "num_dev": len(labels), "num_classes": int(config.num_classes),
+              "num_repetitions": int(config.num_repetitions),
+              "examples_per_class": round(n / config.num_classes, 2),
+              "by_penalty": by_penalty(config.num_repetitions)}
+    subsets = sorted({int(r) for r in repetitions})
+    if any(r < 1 or r > config.num_repetitions for r in subsets):
+        raise ValueError(f"{run}: --repetitions must be in 1..{config.num_repetitions}, "
+                         f"got {subsets}")
+    if subsets:
+        result["by_repetitions"] = {str(r): by_penalty(r) for r in subsets}
+    return result
 
 
 def parse_args(argv=None):
@@ -80,6 +107,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories trained with validation")
     p.add_argument("--penalty", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3])
+    p.add_argument("--repetitions", type=int, nargs="*", default=[],
+                   help="also score the merge of the first r repetitions, for each r")
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     return p.parse_args(argv)
 
@@ -89,7 +118,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     results = []
     for run in args.runs:
-        r = score_penalties(run, args.penalty)
+        r = score_penalties(run, args.penalty, args.repetitions)
         common.say("popularity", args, f"{run}: " + ", ".join(
             f"p={p}: P@1 {v['p@1']:.4f} P@5 {v['p@5']:.4f}" for p, v in r["by_penalty"].items()))
         results.append(r)

@@ -63,7 +63,8 @@ def test_head_repetitions_keep_the_head_a_fifth_of_a_softmax():
     assert default_head_repetitions(100_000, 4096) == 4  # 6.1x fewer outputs than K
     assert default_head_repetitions(1_000_000, 8192) == 8  # train's R where it fits
     assert default_head_repetitions(5_000, 1024) == 4  # at least 4
-    assert default_head_repetitions(80_000, 1024) == 15  # R * B <= K / 5
+    assert default_head_repetitions(80_000, 1024) == 12  # train's R: 15 would fit
+    assert default_head_repetitions(80_000, 2048) == 7  # R * B <= K / 5
 
 
 def test_defaults_follow_mach_tf_train():

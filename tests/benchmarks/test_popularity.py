@@ -4,7 +4,10 @@ penalty its figures are the run's own merged validation."""
 import pytest
 
 from benchmarks.popularity import score_penalties
+from mach_tf import rundir
+from mach_tf.training.callbacks import merged_metrics
 from mach_tf.training.tensorboard import final_validation
+from mach_tf.training.validation import DataSplit, load_sample
 
 
 def test_without_penalty_it_is_the_runs_merged_validation(tiny_run):
@@ -13,3 +16,19 @@ def test_without_penalty_it_is_the_runs_merged_validation(tiny_run):
     for k in ("p@1", "p@3", "p@5"):
         assert out["by_penalty"]["0.0"][k] == pytest.approx(final[k], abs=1e-4)
     assert set(out["by_penalty"]) == {"0.0", "0.5"} and out["num_dev"] > 0
+
+
+
+def test_the_first_r_repetitions_are_scored_as_their_own_merge(tiny_run):
+    config = rundir.load_config(tiny_run)
+    full = config.num_repetitions
+    out = score_penalties(tiny_run, [0.0], repetitions=[1, full])
+    assert out["by_repetitions"][str(full)] == out["by_penalty"]
+    # Repetition 0 alone, scored the way training's merged validation scores a group.
+    split = DataSplit.from_dict(rundir.read_json(rundir.validation_path(tiny_run)))
+    config, models = rundir.load_repetitions(tiny_run, [0], served=False)
+    alone = merged_metrics(config, load_sample(split, 10 ** 9), models, [0])
+    for k in ("p@1", "p@3", "p@5"):
+        assert out["by_repetitions"]["1"]["0.0"][k] == pytest.approx(alone[k], abs=1e-4)
+    with pytest.raises(ValueError, match="--repetitions must be in 1.."):
+        score_penalties(tiny_run, [0.0], repetitions=[full + 1])

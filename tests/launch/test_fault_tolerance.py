@@ -280,3 +280,47 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config):
     assert (restored["epoch"], restored["step"], restored["global_step"]) == (1, 0, 13)
     for a, b in zip(fresh.get_weights(), first):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_finished_checkpoint_holds_the_weights_without_the_optimizer_state(tmp_path,
+                                                                             tiny_config):
+    """A finished group never trains again: its checkpoint is the model's weights alone
+    (a third of a checkpoint with both Adam moments), with the optimizer's step count in
+    ``checkpoint.json``; restored, it gives those weights, and a torn one falls back to
+    the step checkpoint before it."""
+    from mach_tf.model.network import build_model, compile_model
+
+    config = tiny_config.replace(num_repetitions=1, group_size=1)
+    model = compile_model(build_model(config, [0]), config)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(26)
+    directory = tmp_path / "checkpoint"
+    ckpt = GroupCheckpoint(str(directory))
+    first = [np.array(w) for w in model.get_weights()]
+    ckpt.save(model, epoch=1, step=0, global_step=13, steps_per_epoch=13,
+              history={"loss": [2.0]})
+    last = [w + 1.0 for w in first]
+    model.set_weights(last)
+    state = ckpt.save(model, epoch=2, step=0, global_step=26, steps_per_epoch=13,
+                      history={"loss": [2.0, 1.5]}, finished=True)
+    assert state["weights"] == "final-000000026.weights.npz" and state["finished"]
+    assert state["previous"] == "ckpt-000000013.weights.h5"
+    assert state["optimizer_iterations"] == 26
+    sizes = {name: os.path.getsize(directory / name) for name in os.listdir(directory)
+             if name.endswith((".h5", ".npz"))}
+    assert set(sizes) == {state["weights"], state["previous"]}
+    assert sizes[state["weights"]] * 2 < sizes[state["previous"]]  # no Adam moments
+
+    fresh = compile_model(build_model(config, [0]), config)
+    restored = ckpt.restore(fresh)
+    assert restored["finished"] and restored["global_step"] == 26
+    for a, b in zip(fresh.get_weights(), last):
+        np.testing.assert_array_equal(a, b)
+
+    with open(directory / state["weights"], "wb") as f:
+        f.write(b"torn")
+    fresh = compile_model(build_model(config, [0]), config)
+    restored = ckpt.restore(fresh)
+    assert (restored["epoch"], restored["global_step"], restored["finished"]) == (1, 13, False)
+    for a, b in zip(fresh.get_weights(), first):
+        np.testing.assert_array_equal(a, b)

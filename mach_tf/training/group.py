@@ -35,7 +35,7 @@ from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
 from mach_tf.training.feature_weights import run_feature_weights
 from mach_tf.training.pipeline import epochs_dataset
 from mach_tf.training.progress import GroupProgress
-from mach_tf.training.tensorboard import reporting_callbacks
+from mach_tf.training.tensorboard import EpochTensorBoard, reporting_callbacks
 from mach_tf.training.validation import (DataSplit, ValidationSample, data_split, load_sample,
                                          record_split, sample_budget, steps_per_epoch)
 from mach_tf.version import __version__
@@ -213,8 +213,7 @@ def train_group(run: str, config: MachConfig, group: Sequence[int], train: str,
     compile_model(model, config, steps)
     emit = events or (lambda e: None)
     fit_callbacks = [StopOnNonFiniteLoss(config.learning_rate), *setup.callbacks]
-    reporting = [keras.callbacks.TensorBoard(rundir.group_logdir(run, group),
-                                             write_graph=False, profile_batch=0),
+    reporting = [EpochTensorBoard(rundir.group_logdir(run, group)),
                  *reporting_callbacks(run, config, group, setup.sample, setup.callbacks)]
     # The group's progress record, for the launcher's progress lines and estimate.
     reporting.append(GroupProgress(worker, group, config.epochs,

@@ -303,6 +303,8 @@ def tune(train: str, output: str, valid: str | None = None, base: MachConfig | N
             **common)
     log(f"tune: {tuner} search over {sorted(hypermodel.space)} (objective {OBJECTIVE}), "
         f"state in {os.path.join(output, 'tuner')}")
+    # Keras' own class: keras-tuner gives each trial its log folder and HParams only to a
+    # callback whose class is named TensorBoard.
     tensorboard = keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False,
                                               profile_batch=0)
     search.search(callbacks=[tensorboard], verbose=verbose)

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from mach_tf import rundir
-from mach_tf.training.tensorboard import final_validation, merged_step
+from mach_tf.training.tensorboard import EpochTensorBoard, final_validation, merged_step
 
 
 def scalars(logdir: str) -> dict:
@@ -267,3 +267,27 @@ def test_validation_scalars_are_the_kept_weights_loss(tiny_run, tiny_config):
         tags = scalars(os.path.join(tiny_run, "logs", f"rep-{r:03d}"))
         assert tags["validation/loss"][kept] == pytest.approx(eager[0][r], rel=1e-4)
         assert tags["validation/bucket_acc"][kept] == pytest.approx(eager[1][r], abs=1e-6)
+
+
+def test_epoch_tensorboard_writes_what_keras_writes_per_epoch(tmp_path):
+    """The group's TensorBoard callback skips Keras' per-batch summary calls (no writer
+    is active for them when only epochs are recorded) and writes the same epoch
+    summaries as Keras' own callback."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=(5, 1))).astype(np.float32)
+    written = {}
+    for name, callback in (("ours", EpochTensorBoard(str(tmp_path / "ours"))),
+                           ("keras", keras.callbacks.TensorBoard(
+                               str(tmp_path / "keras"), write_graph=False, profile_batch=0))):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False,
+                  callbacks=[callback])
+        written[name] = scalars(str(tmp_path / name / "train"))
+    assert set(written["ours"]) == set(written["keras"]) and "epoch_loss" in written["ours"]
+    for tag, values in written["keras"].items():
+        assert written["ours"][tag].keys() == values.keys()
+        for step, value in values.items():
+            assert written["ours"][tag][step] == pytest.approx(value, rel=1e-6)

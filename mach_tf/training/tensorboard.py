@@ -16,8 +16,8 @@ reads every file of a directory as one run, so workers may share the directories
   the same step. After training, :func:`write_run_summary` adds the whole model's merged
   validation as ``final/p@1`` ... ``final/ndcg@5`` (step R) and the HParams session (this
   directory is the session's run, the ``final/`` tags its metrics).
-* ``group-.../``: Keras' own TensorBoard callback per group (the group's summed loss and
-  every epoch-log key).
+* ``group-.../``: Keras' TensorBoard callback per group (the group's summed loss and
+  every epoch-log key), as :class:`EpochTensorBoard`: epochs only.
 """
 
 from __future__ import annotations

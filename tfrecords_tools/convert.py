@@ -42,8 +42,11 @@ def serialize_example(labels, feature_ids, feature_values, text: bytes | None = 
     }
     if text is not None:
         feat["text"] = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[text]))
+    # Deterministic: the map of features in key order. Protobuf otherwise orders map
+    # entries per process, so the same point would get other bytes in another process,
+    # and the validation split (a keyed hash of each record's bytes) would move with them.
     return example_pb2.Example(
-        features=feature_pb2.Features(feature=feat)).SerializeToString()
+        features=feature_pb2.Features(feature=feat)).SerializeToString(deterministic=True)
 
 
 def _varint(n: int) -> bytes:

@@ -3,9 +3,8 @@ and the guard against a diverging loss (the progress record and lines are
 :mod:`mach_tf.training.progress`'s).
 
 :class:`MergedValidation` scores the validation sample after every epoch with merged
-top-k, exactly as evaluation and serving merge (with the popularity penalty serving
-applies, so early stopping keeps the epoch that serves best), and adds two families of
-metrics to the epoch's ``logs``:
+top-k, exactly as evaluation and serving merge, and adds two families of metrics to the
+epoch's ``logs``:
 
 * ``merged_p@1``, ``merged_p@3``, ``merged_p@5``, ``merged_ndcg@1`` ...: the group's
   repetitions together with every repetition of the run already complete: the run's
@@ -105,8 +104,7 @@ def completed_scores(run: str, config: MachConfig, sample: ValidationSample,
                      exclude: Sequence[int] = (), cache: dict | None = None
                      ) -> tuple[list[int], np.ndarray | None]:
     """``(repetitions, scores [n, R_done, B])`` of the run's complete repetitions (other
-    than ``exclude``) on ``sample``, as served (with the config's popularity penalty);
-    ``([], None)`` when none is complete yet.
+    than ``exclude``) on ``sample``; ``([], None)`` when none is complete yet.
 
     ``cache``: a dict kept by the caller across the groups of one worker (same run, same
     sample): each complete repetition is loaded and scored once, not once per later group.
@@ -123,7 +121,7 @@ def completed_scores(run: str, config: MachConfig, sample: ValidationSample,
     scores = cache.setdefault("scores", {})
     for r in done:
         if r not in scores:  # each alone: stacking them would copy every input kernel
-            _, (model,) = rundir.load_repetitions(run, [r])  # as served
+            _, (model,) = rundir.load_repetitions(run, [r], served=False)  # as trained
             scores[r] = bucket_scores_of(model, config, sample)[:, 0]
     return done, np.stack([scores[r] for r in done], axis=1)
 
@@ -136,27 +134,20 @@ class MergedValidation(keras.callbacks.Callback):
         sample: The validation points.
         repetitions: The repetitions the trained model holds, in its group order.
         done_repetitions: Repetitions already complete, merged in as well.
-        done_scores: Their merge-ready bucket scores on ``sample``, ``[n, R_done, B]``, as
-            served (:func:`completed_scores`).
-        prior: The popularity penalty's ``[R, B]`` offsets of the run's bucket logits
-            (:func:`mach_tf.model.network.bucket_prior`; ``None`` without a penalty): the
-            group's logits are scored with them added, as serving adds them to the output
-            bias.
+        done_scores: Their merge-ready bucket scores on ``sample``, ``[n, R_done, B]``.
 
     After each epoch, ``history`` gets ``{"epoch", "repetitions", "run": {...},
     "group": {...}}`` with the run-level and group-level metrics, and
     ``repetition_validation`` holds each repetition's ``(loss [G], bucket_acc [G])`` on the
     sample (as :func:`mach_tf.training.tensorboard.validation_by_repetition` defines them),
-    from the same forward pass (of the logits as trained, without the penalty).
+    from the same forward pass.
     """
 
     def __init__(self, config: MachConfig, sample: ValidationSample,
                  repetitions: Sequence[int], done_repetitions: Sequence[int] = (),
-                 done_scores: np.ndarray | None = None, prior: np.ndarray | None = None):
+                 done_scores: np.ndarray | None = None):
         super().__init__()
         self.config = config
-        self.prior = None if prior is None else tf.constant(
-            np.asarray(prior, np.float32)[list(repetitions)])  # [G, B]
         self.sample = sample
         self.repetitions = list(repetitions)
         self.done_repetitions = list(done_repetitions)
@@ -185,8 +176,7 @@ class MergedValidation(keras.callbacks.Callback):
         targets = bucket_targets(tf.RaggedTensor.from_row_lengths(values, lengths), config,
                                  self.repetitions)
         stats = repetition_batch_stats(logits, targets, config.loss)
-        served = logits if self.prior is None else logits + self.prior
-        s = bucket_scores(served, config.loss, config.merge)
+        s = bucket_scores(logits, config.loss, config.merge)
         group_ids = self.group_decoder(s)[1]
         if done is None:
             return (group_ids, group_ids, *stats)
@@ -393,18 +383,15 @@ class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
 
 def training_callbacks(config: MachConfig, sample: ValidationSample | None,
                        repetitions: Sequence[int], done_repetitions: Sequence[int] = (),
-                       done_scores: np.ndarray | None = None,
-                       prior: np.ndarray | None = None) -> list:
-    """The merged validation and the callbacks it drives, in the order they must run
-    (``prior``: the popularity penalty's offsets, see :class:`MergedValidation`).
+                       done_scores: np.ndarray | None = None) -> list:
+    """The merged validation and the callbacks it drives, in the order they must run.
 
     Without a validation sample there is no merged metric, so no early stopping and no
     schedule on plateau: the group trains ``config.epochs`` epochs.
     """
     if sample is None:
         return []
-    out = [MergedValidation(config, sample, repetitions, done_repetitions, done_scores,
-                            prior)]
+    out = [MergedValidation(config, sample, repetitions, done_repetitions, done_scores)]
     monitor = monitor_name(config)
     if config.early_stopping_patience > 0:
         out.append(ResumableEarlyStopping(monitor=monitor,

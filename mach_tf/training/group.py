@@ -27,7 +27,7 @@ import tensorflow as tf
 from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.errors import UnreadableCheckpointError
-from mach_tf.model.network import bucket_prior, build_model, compile_model, split, stack
+from mach_tf.model.network import build_model, compile_model, split, stack
 from mach_tf.text.statistics import load_featurizer
 from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss, completed_scores,
                                         monitor_name, training_callbacks)
@@ -116,9 +116,7 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             done, done_scores = completed_scores(run, config, sample, exclude=repetitions,
                                                  cache=cache.setdefault("completed", {}))
     steps = steps_per_epoch(split, config.batch_size)
-    # Scored as served: with the popularity penalty's offsets of the run's label counts.
-    prior = None if run is None else bucket_prior(config, rundir.load_label_counts(run))
-    callbacks = training_callbacks(config, sample, repetitions, done, done_scores, prior)
+    callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
     return GroupSetup(split, sample, steps, callbacks, done)
 
 

@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mach_tf import rundir
-from mach_tf.model.network import bucket_prior, build_model, stack
-from mach_tf.training.callbacks import (MergedValidation, bucket_scores_of, completed_scores,
-                                       merged_metrics)
+from mach_tf.model.network import build_model
+from mach_tf.training.callbacks import MergedValidation, completed_scores
 from mach_tf.training.tensorboard import validation_by_repetition
 from mach_tf.training.validation import ValidationSample, data_split, load_sample
 
@@ -69,29 +67,3 @@ def test_a_few_calls_run_eagerly(tiny_run, tiny_config, ragged_sample):
     traced.set_params({"epochs": 20})
     assert np.isclose(traced.compute()["group"]["p@1"], cb.compute()["group"]["p@1"])
     assert traced._fn.experimental_get_tracing_count() == 1
-
-
-def test_the_merged_validation_scores_as_served(tiny_run, tiny_config, ragged_sample):
-    """With a popularity penalty the merged validation scores the group's logits with the
-    penalty's offsets and the complete repetitions as served: its metrics are those of
-    the served models (the penalty in their output bias) merged, and they differ from
-    the unpenalised ones."""
-    config = tiny_config.replace(popularity_penalty=2.0)
-    counts = rundir.load_label_counts(tiny_run)
-    prior = bucket_prior(config, counts)
-    _, trained = rundir.load_repetitions(tiny_run, served=False)
-    _, served = rundir.load_repetitions(tiny_run, popularity_penalty=2.0)
-    group = stack(trained[2:])
-    done_scores = np.stack([bucket_scores_of(m, config, ragged_sample)[:, 0]
-                            for m in served[:2]], axis=1)
-    cb = MergedValidation(config, ragged_sample, [2, 3], [0, 1], done_scores, prior)
-    cb.set_model(group)
-    got = cb.compute()
-    want_run = merged_metrics(config, ragged_sample, served, [0, 1, 2, 3])
-    want_group = merged_metrics(config, ragged_sample, served[2:], [2, 3])
-    for k in ("p@1", "p@3", "p@5", "ndcg@5"):
-        assert got["run"][k] == pytest.approx(want_run[k], abs=1e-9)
-        assert got["group"][k] == pytest.approx(want_group[k], abs=1e-9)
-    plain = MergedValidation(config, ragged_sample, [2, 3])
-    plain.set_model(group)
-    assert plain.compute()["group"] != got["group"]  # the penalty moves this sample

@@ -126,7 +126,7 @@ def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_d
     real = rundir.load_repetitions
 
     def counting(run, reps=None, served=True, popularity_penalty=None):
-        assert served  # merged with the group in training as served (with any penalty)
+        assert not served  # merged with the group in training: as trained, no penalty
         loaded.extend(reps)
         return real(run, reps, served, popularity_penalty)
 
@@ -140,7 +140,7 @@ def test_completed_scores_loads_each_repetition_once_per_worker(tiny_run, tiny_d
     np.testing.assert_array_equal(second[1], plain[1])
     np.testing.assert_array_equal(first[1], plain[1][:, :2])
     # Each repetition scored alone gives the scores of the run's stacked model.
-    _, stacked = rundir.load_all(tiny_run, [0, 1, 2])
+    _, stacked = rundir.load_all(tiny_run, [0, 1, 2], served=False)
     np.testing.assert_allclose(plain[1], bucket_scores_of(stacked, config, sample),
                                rtol=1e-5, atol=1e-6)  # (the batched matmul's rounding)
     # Another sample (another run, split or budget) starts the cache afresh.

@@ -106,27 +106,27 @@ class SparseAdam(keras.optimizers.Adam):
         if v is None:  # a row-wise kernel (see build)
             self._row_wise_step(gradient, var, m, learning_rate)
             return
-        m_var = m.value if isinstance(m, keras.Variable) else m
-        v_var = v.value if isinstance(v, keras.Variable) else v
+        state = (var, m.value if isinstance(m, keras.Variable) else m,
+                 v.value if isinstance(v, keras.Variable) else v)
 
-        if isinstance(gradient, tf.IndexedSlices):
-            # Lazy Adam on the touched rows: Adam's fused kernel on copies of those rows.
-            rows, g = _sum_rows(gradient, dtype)
-            scratch = self._row_scratch[index]
-            for part, whole in zip(scratch, (var, m_var, v_var)):
-                part.assign(tf.gather(whole, rows))
+        def fused_adam(weights, momentum, velocity, grad):
             tf.raw_ops.ResourceApplyAdam(
-                var=scratch[0].handle, m=scratch[1].handle, v=scratch[2].handle,
+                var=weights.handle, m=momentum.handle, v=velocity.handle,
                 beta1_power=b1_power, beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2,
-                epsilon=eps, grad=g, use_locking=False, use_nesterov=False)
-            for part, whole in zip(scratch, (var, m_var, v_var)):
-                whole.scatter_update(tf.IndexedSlices(part.read_value(), rows))
-                part.assign(tf.zeros_like(part[:0]))  # hold no rows between steps
+                epsilon=eps, grad=grad, use_locking=False, use_nesterov=False)
+
+        if not isinstance(gradient, tf.IndexedSlices):
+            fused_adam(*state, tf.cast(gradient, dtype))
             return
-        tf.raw_ops.ResourceApplyAdam(
-            var=var.handle, m=m_var.handle, v=v_var.handle, beta1_power=b1_power,
-            beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps,
-            grad=tf.cast(gradient, dtype), use_locking=False, use_nesterov=False)
+        # Lazy Adam on the touched rows: the fused kernel on copies of those rows.
+        rows, g = _sum_rows(gradient, dtype)
+        scratch = self._row_scratch[index]
+        for part, whole in zip(scratch, state):
+            part.assign(tf.gather(whole, rows))
+        fused_adam(*scratch, g)
+        for part, whole in zip(scratch, state):
+            whole.scatter_update(tf.IndexedSlices(part.read_value(), rows))
+            part.assign(tf.zeros_like(part[:0]))  # hold no rows between steps
 
     def get_config(self):
         config = super().get_config()
@@ -146,8 +146,9 @@ def _scratch(var) -> tuple:
 
 
 class _RowScratch:
-    """Each variable's scratch rows (or ``None``), held outside the optimizer's tracked and
-    saved state: a plain object, so neither Keras' nor TensorFlow's tracking sees them."""
+    """Each variable's scratch rows (:func:`_scratch`, by variable index), held outside
+    the optimizer's tracked and saved state: a plain object, so neither Keras' nor
+    TensorFlow's tracking sees them."""
 
     def __init__(self, parts):
         self.parts = list(parts)

@@ -2,7 +2,7 @@
 already trained.
 
     python -m benchmarks.popularity --json RUN [RUN ...] [--penalty 0 0.1 0.2 0.3]
-        [--repetitions 4 8 12]
+        [--repetitions 4 8 12] [--centroid-weight 4 8] [--centroid-features 256]
 
 The penalty only changes how trained repetitions are served (``popularity_penalty`` in
 ``mach_tf.config``: each repetition's bucket scores minus ``p`` times the log training
@@ -11,6 +11,11 @@ the held-out validation split its training carved (``RUN/validation.json``, neve
 test split) is scored by the exact merge of all repetitions, with the bucket frequencies
 taken from the run's label counts minus the held-out points' own labels (what the
 training side saw), and P@1/P@3/P@5 reported per penalty.
+
+``--centroid-weight w ...`` also scores every penalty with ``w`` times the cosine of each
+point with every class's label centroid added to the merged score
+(:mod:`mach_tf.inference.centroids`, built from the training side of the split only, at
+most ``--centroid-features`` entries per class), for all R and each ``--repetitions`` r.
 
 ``--repetitions r ...`` also scores the merge of the run's first r repetitions, per
 penalty. A repetition's initial weights follow from its index and the seed, its group
@@ -33,6 +38,7 @@ import tensorflow as tf
 
 from benchmarks import common
 from mach_tf import rundir
+from mach_tf.inference.centroids import DEFAULT_MAX_FEATURES, label_centroids
 from mach_tf.inference.decoder import exact_scores
 from mach_tf.inference.ranking import RankingMetrics
 from mach_tf.inference.scorer import MergedScorer
@@ -71,16 +77,32 @@ def precision(scores: np.ndarray, labels, ks=(1, 3, 5)) -> dict:
     return {f"p@{k}": round(float(result[f"p@{k}"]), 4) for k in ks}
 
 
-def score_penalties(run: str, penalties, repetitions=()) -> dict:
+def dev_centroid_similarity(run: str, config, max_features: int) -> np.ndarray:
+    """``cos(x, centroid_c)`` ``[n, K]`` of the run's held-out points, the centroids built
+    from the training side of its split."""
+    split = DataSplit.from_dict(rundir.read_json(rundir.validation_path(run)))
+    centroids = label_centroids(split.train, config.num_classes, config.num_features,
+                                split.train_filter(), max_features=max_features)
+    sample = load_sample(split, 10 ** 9)
+    return np.concatenate([centroids.similarity(inputs["feature_ids"],
+                                                inputs["feature_values"])
+                           for inputs, _ in sample.batches])
+
+
+def score_penalties(run: str, penalties, repetitions=(), centroid_weights=(),
+                    centroid_features: int = DEFAULT_MAX_FEATURES) -> dict:
     """P@k of the run's dev split per penalty, with all its repetitions (``by_penalty``)
-    and with its first r for each r in ``repetitions`` (``by_repetitions``)."""
+    and with its first r for each r in ``repetitions`` (``by_repetitions``); with
+    ``centroid_weights``, per weight, R and penalty (``by_centroid_weight``)."""
     config, scores, labels, counts = dev_bucket_scores(run)
     table = config.hash_family.table(config.num_classes)
     priors = {p: bucket_prior(config.replace(popularity_penalty=float(p)), counts)
               for p in penalties}
 
-    def by_penalty(r: int) -> dict:
+    def by_penalty(r: int, extra=None) -> dict:
         merged = exact_scores(tf.constant(scores[:, :r]), tf.constant(table[:r])).numpy()
+        if extra is not None:
+            merged = merged + extra
         out = {}
         for p, prior in priors.items():
             offset = 0.0 if prior is None else \
@@ -99,6 +121,13 @@ def score_penalties(run: str, penalties, repetitions=()) -> dict:
                          f"got {subsets}")
     if subsets:
         result["by_repetitions"] = {str(r): by_penalty(r) for r in subsets}
+    if centroid_weights:
+        sim = dev_centroid_similarity(run, config, centroid_features)
+        result["centroid_features"] = int(centroid_features)
+        result["by_centroid_weight"] = {
+            str(w): {str(r): by_penalty(r, float(w) * sim)
+                     for r in sorted(set(subsets) | {config.num_repetitions})}
+            for w in centroid_weights}
     return result
 
 
@@ -109,6 +138,10 @@ def parse_args(argv=None):
     p.add_argument("--penalty", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3])
     p.add_argument("--repetitions", type=int, nargs="*", default=[],
                    help="also score the merge of the first r repetitions, for each r")
+    p.add_argument("--centroid-weight", type=float, nargs="*", default=[],
+                   help="also score with w times the label-centroid cosine added, for each w")
+    p.add_argument("--centroid-features", type=int, default=DEFAULT_MAX_FEATURES,
+                   help="entries kept per label centroid")
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     return p.parse_args(argv)
 
@@ -118,7 +151,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     results = []
     for run in args.runs:
-        r = score_penalties(run, args.penalty, args.repetitions)
+        r = score_penalties(run, args.penalty, args.repetitions, args.centroid_weight,
+                            args.centroid_features)
         common.say("popularity", args, f"{run}: " + ", ".join(
             f"p={p}: P@1 {v['p@1']:.4f} P@5 {v['p@5']:.4f}" for p, v in r["by_penalty"].items()))
         results.append(r)

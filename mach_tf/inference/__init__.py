@@ -5,7 +5,8 @@ decoder, exact or by candidates), :mod:`~mach_tf.inference.scorer` (merged top-k
 run's stacked repetitions in Python), :mod:`~mach_tf.inference.reference` (numpy
 references the decoders are checked against), :mod:`~mach_tf.inference.ranking` (P@k,
 nDCG@k, PSP@k), :mod:`~mach_tf.inference.evaluation` (``mach-tf evaluate``),
-:mod:`~mach_tf.inference.predict` (``mach-tf predict``).
+:mod:`~mach_tf.inference.predict` (``mach-tf predict``), :mod:`~mach_tf.inference.centroids`
+(label centroids, a re-ranking signal the benchmarks measure).
 """
 
 from mach_tf.inference.decoder import (AUTO_EXACT_MAX_CLASSES, DECODERS, DEFAULT_CANDIDATE_BUCKETS,

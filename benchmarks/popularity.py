@@ -47,8 +47,8 @@ from mach_tf.training.validation import DataSplit, load_sample
 
 
 def dev_bucket_scores(run: str):
-    """``(config, bucket scores [n, R, B] of every repetition, labels, training-side
-    counts)`` on the run's held-out validation split."""
+    """``(config, bucket scores [n, R, B] of every repetition, the held-out sample,
+    training-side counts)`` on the run's held-out validation split."""
     config, model = rundir.load_all(run, served=False)
     info = rundir.read_json(rundir.validation_path(run))
     if not info.get("valid"):
@@ -63,7 +63,7 @@ def dev_bucket_scores(run: str):
     scorer = MergedScorer(config, model)
     scores = [scorer.bucket_scores({k: tf.constant(v) for k, v in inputs.items()}).numpy()
               for inputs, _ in sample.batches]
-    return config, np.concatenate(scores), labels, counts
+    return config, np.concatenate(scores), sample, counts
 
 
 def precision(scores: np.ndarray, labels, ks=(1, 3, 5)) -> dict:
@@ -77,13 +77,12 @@ def precision(scores: np.ndarray, labels, ks=(1, 3, 5)) -> dict:
     return {f"p@{k}": round(float(result[f"p@{k}"]), 4) for k in ks}
 
 
-def dev_centroid_similarity(run: str, config, max_features: int) -> np.ndarray:
-    """``cos(x, centroid_c)`` ``[n, K]`` of the run's held-out points, the centroids built
-    from the training side of its split."""
+def dev_centroid_similarity(run: str, config, sample, max_features: int) -> np.ndarray:
+    """``cos(x, centroid_c)`` ``[n, K]`` of the run's held-out ``sample``
+    (:func:`dev_bucket_scores`), the centroids built from the training side of its split."""
     split = DataSplit.from_dict(rundir.read_json(rundir.validation_path(run)))
     centroids = label_centroids(split.train, config.num_classes, config.num_features,
                                 split.train_filter(), max_features=max_features)
-    sample = load_sample(split, 10 ** 9)
     return np.concatenate([centroids.similarity(inputs["feature_ids"],
                                                 inputs["feature_values"])
                            for inputs, _ in sample.batches])
@@ -94,7 +93,8 @@ def score_penalties(run: str, penalties, repetitions=(), centroid_weights=(),
     """P@k of the run's dev split per penalty, with all its repetitions (``by_penalty``)
     and with its first r for each r in ``repetitions`` (``by_repetitions``); with
     ``centroid_weights``, per weight, R and penalty (``by_centroid_weight``)."""
-    config, scores, labels, counts = dev_bucket_scores(run)
+    config, scores, sample, counts = dev_bucket_scores(run)
+    labels = sample.labels
     table = config.hash_family.table(config.num_classes)
     priors = {p: bucket_prior(config.replace(popularity_penalty=float(p)), counts)
               for p in penalties}
@@ -122,7 +122,7 @@ def score_penalties(run: str, penalties, repetitions=(), centroid_weights=(),
     if subsets:
         result["by_repetitions"] = {str(r): by_penalty(r) for r in subsets}
     if centroid_weights:
-        sim = dev_centroid_similarity(run, config, centroid_features)
+        sim = dev_centroid_similarity(run, config, sample, centroid_features)
         result["centroid_features"] = int(centroid_features)
         result["by_centroid_weight"] = {
             str(w): {str(r): by_penalty(r, float(w) * sim)

@@ -39,6 +39,11 @@ def _normalised(ids: np.ndarray, values: np.ndarray, num_features: int) -> np.nd
     return v / np.where(norm > 0, norm, 1.0)
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lengths[i] - 1`` of every i, concatenated."""
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
 def _reduce(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sums the weights of equal keys: ``(sorted unique keys, sums)``."""
     unique, inverse = np.unique(keys, return_inverse=True)
@@ -107,39 +112,12 @@ class LabelCentroids:
         feats = ids[rows, cols]
         starts, stops = self.offsets[feats], self.offsets[feats + 1]
         lengths = stops - starts
-        entry = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + \
-            np.arange(lengths.sum())
+        entry = _ranges(starts, lengths)
         row = np.repeat(rows, lengths)
         contribution = np.repeat(x[rows, cols], lengths) * self.weights[entry]
         flat = row * self.num_classes + self.classes[entry]
         scores = np.bincount(flat, weights=contribution, minlength=n * self.num_classes)
         return scores.reshape(n, self.num_classes).astype(np.float32)
-
-    def save(self, path: str) -> None:
-        """Writes the centroids as one ``.npz`` file (``path`` as given)."""
-        with open(path, "wb") as f:
-            np.savez(f, offsets=self.offsets, classes=self.classes, weights=self.weights,
-                     shape=np.array([self.num_classes, self.num_features], np.int64))
-
-    @classmethod
-    def load(cls, path: str) -> "LabelCentroids":
-        """The centroids :meth:`save` wrote.
-
-        Raises:
-            ValueError: naming ``path`` when it is not such a file.
-        """
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                shape = z["shape"]
-                result = cls(int(shape[0]), int(shape[1]), z["offsets"], z["classes"],
-                             z["weights"])
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a label centroid file ({e})") from e
-        if len(result.offsets) != result.num_features + 1 or \
-                len(result.classes) != len(result.weights) or \
-                int(result.offsets[-1]) != len(result.classes):
-            raise ValueError(f"{path}: inconsistent label centroid arrays")
-        return result
 
 
 def label_centroids(data, num_classes: int, num_features: int, record_filter=None,
@@ -167,8 +145,7 @@ def label_centroids(data, num_classes: int, num_features: int, record_filter=Non
         per_row = np.bincount(rows, minlength=ids.shape[0])
         starts = np.concatenate([[0], np.cumsum(per_row)])
         n_feats = per_row[label_rows]
-        pair_feature = np.repeat(starts[label_rows] - np.cumsum(n_feats) + n_feats,
-                                 n_feats) + np.arange(n_feats.sum())
+        pair_feature = _ranges(starts[label_rows], n_feats)
         pair_class = np.repeat(label_values, n_feats)
         f_rows, f_cols = rows[pair_feature], cols[pair_feature]
         pending_keys.append(pair_class * num_features + ids[f_rows, f_cols])

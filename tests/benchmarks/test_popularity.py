@@ -39,9 +39,10 @@ def test_label_centroids_are_scored_from_the_training_side_only(tiny_run):
     full = str(config.num_repetitions)
     # Weight 0 is the plain merge; a huge weight ranks by the centroid cosine alone.
     assert out["by_centroid_weight"]["0.0"][full] == out["by_penalty"]
-    sim = dev_centroid_similarity(tiny_run, config, out["centroid_features"])
     split = DataSplit.from_dict(rundir.read_json(rundir.validation_path(tiny_run)))
-    alone = precision(sim, load_sample(split, 10 ** 9).labels)
+    sample = load_sample(split, 10 ** 9)
+    sim = dev_centroid_similarity(tiny_run, config, sample, out["centroid_features"])
+    alone = precision(sim, sample.labels)
     for k in ("p@1", "p@3", "p@5"):
         assert out["by_centroid_weight"]["1000000.0"][full]["0.0"][k] == \
             pytest.approx(alone[k], abs=2e-3)

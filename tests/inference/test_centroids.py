@@ -1,5 +1,5 @@
 """Label centroids: built from real TFRecords in one pass, checked against a brute-force
-numpy reference; the training side of a carved split only; pruning; the file round trip."""
+numpy reference; the training side of a carved split only; pruning; labels outside K."""
 
 import numpy as np
 import pytest
@@ -7,22 +7,14 @@ import pytest
 from mach_tf.inference.centroids import LabelCentroids, label_centroids
 from mach_tf.training.validation import DataSplit, load_sample
 from tfrecords_tools.convert import convert
+from tfrecords_tools.parse import read_points
 
 
 def _parse(path):
     """``(rows of {feature: value}, label lists)`` of an XMC text file."""
-    rows, labels = [], []
-    with open(path) as f:
-        f.readline()
-        for line in f:
-            parts = line.split()
-            if parts and ":" not in parts[0]:
-                labels.append([int(t) for t in parts[0].split(",")])
-                parts = parts[1:]
-            else:
-                labels.append([])
-            rows.append({int(a): float(b) for a, b in (t.split(":") for t in parts)})
-    return rows, labels
+    points = read_points(path)
+    return ([dict(zip(p.feature_ids, p.feature_values)) for p in points],
+            [list(p.labels) for p in points])
 
 
 def _reference(rows, labels, num_classes, num_features, max_features):
@@ -102,23 +94,6 @@ def test_a_carved_split_builds_its_centroids_from_the_training_side(tiny_data, t
     want = _reference([r for r, _ in kept], [y for _, y in kept], K, D, 10 ** 4)
     np.testing.assert_allclose(_dense(train_side), want, atol=1e-6)
     assert not np.allclose(_dense(everything), want, atol=1e-3)
-
-
-def test_centroids_round_trip_through_their_file_and_refuse_others(tiny_data, tiny_spec,
-                                                                   tmp_path):
-    centroids = label_centroids(tiny_data["train"], tiny_spec.num_labels,
-                                tiny_spec.num_features)
-    path = str(tmp_path / "centroids.npz")
-    centroids.save(path)
-    back = LabelCentroids.load(path)
-    assert (back.num_classes, back.num_features) == (tiny_spec.num_labels,
-                                                   tiny_spec.num_features)
-    for name in ("offsets", "classes", "weights"):
-        np.testing.assert_array_equal(getattr(back, name), getattr(centroids, name))
-    bad = tmp_path / "bad.npz"
-    bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.npz: not a label centroid file"):
-        LabelCentroids.load(str(bad))
 
 
 def test_a_label_outside_the_classes_is_refused_naming_the_data(tmp_path):

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers import run_cli
 from tfrecords_tools.convert import convert
 from tfrecords_tools.dataset import make_dataset
 from tfrecords_tools.manifest import Manifest
-from tests.helpers import run_cli
 from tfrecords_tools.parse import read_points
 
 

@@ -126,9 +126,9 @@ def part_times(model, batch) -> dict:
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(bucket_loss(y, model(x, training=True), loss_kind))
     grads = tape.gradient(loss, variables)
-    kernel = model.sparse_input.kernel
-    first = [(g, v) for g, v in zip(grads, variables) if v is kernel]
-    rest = [(g, v) for g, v in zip(grads, variables) if v is not kernel]
+    kernels = {id(k) for k in model.sparse_input.kernels}
+    first = [(g, v) for g, v in zip(grads, variables) if id(v) in kernels]
+    rest = [(g, v) for g, v in zip(grads, variables) if id(v) not in kernels]
     opt = model.optimizer
 
     @tf.function(autograph=False)

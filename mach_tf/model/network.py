@@ -128,7 +128,8 @@ class MachModel(keras.Model):
 
     @property
     def input_layer(self):
-        """The first layer of every repetition (sparse or dense), kernel ``[D, G * H]``."""
+        """The first layer of every repetition (sparse or dense): repetition ``g``'s
+        ``[D, H]`` kernel is its ``block(g)``."""
         return self.dense_input if self.input_format == "dense" else self.sparse_input
 
     @property
@@ -203,12 +204,7 @@ class MachModel(keras.Model):
 
     def set_repetition_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
         ws = list(weights)
-        k, b = self.input_layer.kernel, self.input_layer.bias
-        h = self.input_layer.units
-        kv, bv = np.array(k), np.array(b)
-        kv[:, g * h:(g + 1) * h], bv[g * h:(g + 1) * h] = ws[0], ws[1]
-        k.assign(kv)
-        b.assign(bv)
+        self.input_layer.set_block(g, ws[0], ws[1])
         i = 2
         for layer in self.dense_layers:
             kv, bv = np.array(layer.kernel), np.array(layer.bias)
@@ -308,8 +304,8 @@ def stack(models: Sequence[MachModel]) -> MachModel:
     seeds = [s for m in models for s in m.seeds]
     out = _like(first, reps, seeds, _stacked_encoders(models))
     # Concatenate blocks directly: one assign per variable, not per repetition.
-    out.input_layer.kernel.assign(
-        np.concatenate([np.asarray(m.input_layer.kernel) for m in models], axis=1))
+    out.input_layer.set_kernel_blocks(
+        [block for m in models for block in m.input_layer.kernel_blocks()])
     out.input_layer.bias.assign(
         np.concatenate([np.asarray(m.input_layer.bias) for m in models], axis=0))
     for i, layer in enumerate(out.dense_layers):

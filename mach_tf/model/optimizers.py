@@ -1,8 +1,8 @@
 """Optimizers sized for MACH's sparse input layers.
 
-The sparse input layer's kernel is ``[D, G * H]`` but a batch touches only the rows of
-the features it contains; its gradient arrives as ``tf.IndexedSlices``. Keras' Adam turns
-that into a dense ``[D, G * H]`` update every step (read and write the whole kernel and both
+The gathered sparse input layer holds one ``[D, H]`` kernel per repetition, but a batch
+touches only the rows of the features it contains; its gradient arrives as
+``tf.IndexedSlices``. Keras' Adam turns that into a dense ``[D, H]`` update every step (read and write the whole kernel and both
 moment slots), which dominates training time once D reaches the 10^5..10^6 features of
 real catalogues. :class:`SparseAdam` updates only the touched rows ("lazy" Adam: the
 moments of untouched rows are not decayed that step, as in TF Addons' LazyAdam) and applies
@@ -13,14 +13,15 @@ elementwise passes over them (at the tagging shape, rows of 2,048 floats, the in
 kernel's update took 35.5 ms against 45.0 and the training step 94.9 against 106.4 ms:
 benchmarks/RESULTS.md, "An epoch of the default run").
 
-Even lazy, Adam reads and writes three ``[rows, G * H]`` blocks per step (the weights and
-both moments). With ``row_wise=True`` the gathered input kernel (marked
+Even lazy, Adam reads and writes three ``[rows, H]`` blocks per kernel and step (the
+weights and both moments). With ``row_wise=True`` the gathered input kernel (marked
 :data:`mach_tf.model.layers.ROW_SPARSE`) is updated by row-wise Adagrad instead, the rule
 large embedding tables are trained with: one accumulator per feature row, the mean
 squared gradient of the row added to it, and the row moved by
-``lr * factor * g / sqrt(accumulator)``. One block is written instead of three, and the
-kernel's optimizer state (and so its checkpoints) shrinks from ``2 * D * G * H`` numbers to
-``D``. Every other weight keeps Adam.
+``lr * factor * g / sqrt(accumulator)``. One block is written instead of three, and a
+kernel's optimizer state (and so its checkpoints) shrinks from ``2 * D * H`` numbers to
+``D``; each repetition's kernel keeps its own accumulator, so a group trains each
+repetition as it would be trained alone. Every other weight keeps Adam.
 """
 
 from __future__ import annotations
@@ -184,10 +185,10 @@ def make_optimizer(config: MachConfig, steps_per_epoch: int | None = None):
         lr = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=int(steps_per_epoch * config.epochs))
     if config.optimizer in ("adam", "adam_rowwise"):
-        # Same update as Keras' Adam, but the sparse input kernel's IndexedSlices gradient
-        # updates only the batch's rows instead of the whole [D, G*H] kernel and its two
-        # moment slots (lazy Adam; see docs/design.md); "adam_rowwise" updates that
-        # kernel by row-wise Adagrad (module docstring).
+        # Same update as Keras' Adam, but a gathered input kernel's IndexedSlices gradient
+        # updates only the batch's rows instead of the whole [D, H] kernel and its two
+        # moment slots (lazy Adam; see docs/design.md); "adam_rowwise" updates those
+        # kernels by row-wise Adagrad (module docstring).
         return SparseAdam(learning_rate=lr, row_wise=config.optimizer == "adam_rowwise",
                           row_wise_factor=config.row_wise_lr_factor)
     if config.optimizer == "adam_dense":

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from mach_tf.config import MachConfig
 from mach_tf.data import bucket_targets
-from mach_tf.model.layers import GroupedDense, SparseDense
+from mach_tf.model.layers import DENSE_INPUT_MAX_FEATURES, GroupedDense, SparseDense
 from mach_tf.model.losses import bucket_loss
 from mach_tf.model.network import MachModel, bucket_scores, build_model, compile_model, split, stack
 
@@ -31,11 +31,13 @@ def dense_of(x, dim):
     return d
 
 
-@pytest.fixture
-def config():
+@pytest.fixture(params=[40, DENSE_INPUT_MAX_FEATURES + 40], ids=["gemm", "gathered"])
+def config(request):
+    """Both input paths: one GEMM over a [D, G * H] kernel (D = 40), and gathered rows of
+    one [D, H] kernel per repetition (the batches' ids stay below 40 either way)."""
     # dropout=0: grouped and separate training draw different dropout masks.
-    return MachConfig.from_data(50, 40, num_buckets=8, num_repetitions=3, hidden_units=[6, 5],
-                                dropout=0.0, seed=2)
+    return MachConfig.from_data(50, request.param, num_buckets=8, num_repetitions=3,
+                                hidden_units=[6, 5], dropout=0.0, seed=2)
 
 
 @pytest.mark.parametrize("normalize", ["none", "l2"])
@@ -48,17 +50,16 @@ def test_sparse_dense_equals_dense_matmul(normalize):
     d = dense_of(x, 40)
     if normalize == "l2":
         d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
-    expected = (d @ np.asarray(layer.kernel) + np.asarray(layer.bias)).reshape(-1, 2, 4)
+    expected = (d @ np.concatenate(layer.kernel_blocks(), axis=1)
+                + np.asarray(layer.bias)).reshape(-1, 2, 4)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("empty_rows", [(), (0, 3), (4, 5), tuple(range(6))])
 def test_gathered_sparse_input_equals_dense_matmul(empty_rows):
     """The gather path (D above DENSE_INPUT_MAX_FEATURES) gives the GEMM's result, also for
-    examples without features at the start or the end of the batch, and its kernel
-    gradient is the dense one, as row slices."""
-    from mach_tf.model.layers import DENSE_INPUT_MAX_FEATURES
-
+    examples without features at the start or the end of the batch, and each repetition's
+    kernel (its own variable) gets the dense gradient of its columns, as row slices."""
     dim = DENSE_INPUT_MAX_FEATURES + 40
     x = sparse_batch(np.random.default_rng(5))
     x["feature_ids"] = np.where(x["feature_ids"] >= 0, x["feature_ids"] + dim - 40, -1)
@@ -69,12 +70,13 @@ def test_gathered_sparse_input_equals_dense_matmul(empty_rows):
     with tf.GradientTape() as tape:
         out = layer(x["feature_ids"], x["feature_values"])
         loss = tf.reduce_sum(out ** 2)
-    grad = tape.gradient(loss, layer.kernel)
-    assert isinstance(grad, tf.IndexedSlices)
+    grads = tape.gradient(loss, layer.kernels)
+    assert len(grads) == 2 and all(isinstance(g, tf.IndexedSlices) for g in grads)
     d = dense_of(x, dim)
-    expected = d @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+    expected = d @ np.concatenate(layer.kernel_blocks(), axis=1) + np.asarray(layer.bias)
     np.testing.assert_allclose(out.numpy(), expected.reshape(-1, 2, 4), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), d.T @ (2 * expected),
+    np.testing.assert_allclose(np.concatenate([tf.convert_to_tensor(g).numpy() for g in grads],
+                                              axis=1), d.T @ (2 * expected),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -131,8 +133,12 @@ def test_split_and_stack_preserve_outputs(config):
     np.testing.assert_allclose(restacked(x).numpy(), full, rtol=1e-5, atol=1e-6)
 
 
-def test_grouped_training_equals_separate_training(config):
-    """A group's repetitions get exactly the updates they would get trained alone."""
+@pytest.mark.parametrize("optimizer", ["adam", "adam_rowwise"])
+def test_grouped_training_equals_separate_training(config, optimizer):
+    """A group's repetitions get exactly the updates they would get trained alone (also
+    with row-wise Adagrad on the gathered kernel: each repetition's rows keep their own
+    accumulator)."""
+    config = config.replace(optimizer=optimizer)
     rng = np.random.default_rng(4)
     x = sparse_batch(rng, batch=16)
     labels = tf.ragged.constant([[int(v)] for v in rng.integers(0, 50, 16)], tf.int64)

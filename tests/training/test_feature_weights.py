@@ -74,7 +74,8 @@ def test_sparse_dense_applies_weights_before_l2():
             if j >= 0:
                 dense[i, j] = v * weights[j]
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-    expected = (dense @ np.asarray(layer.kernel) + np.asarray(layer.bias)).reshape(2, 2, 3)
+    expected = (dense @ np.concatenate(layer.kernel_blocks(), axis=1)
+                + np.asarray(layer.bias)).reshape(2, 2, 3)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="shape"):
         layer.set_feature_weights(np.ones(5))

@@ -1,32 +1,72 @@
-"""Helpers the tests share: the CLI in a subprocess, an export served both ways (as
+"""Helpers the tests share: the CLI (in this process or a subprocess), an export served both ways (as
 ``tf.saved_model.load`` and as TensorFlow Serving's v1 session loader), its warmup records
 replayed, and the in-Python reference top-k of a run."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import tensorflow as tf
 
 from export import warmup as warmup_lib
+from mach_tf.cli.main import main as cli_main
 from mach_tf.inference.scorer import MergedScorer
+from mach_tf.training import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
-def run_cli(*args, input_text=None, timeout=600, env=None):
-    """Runs ``python -m mach_tf ARGS`` in a subprocess; returns the CompletedProcess."""
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "mach_tf", *map(str, args)],
-                          input=input_text, capture_output=True, text=True, timeout=timeout,
-                          env=e, cwd=ROOT)
+def run_cli(*args, input_text=None, timeout=600, env=None, process=False):
+    """Runs the ``mach-tf`` command with ARGS in the project root; returns a
+    ``subprocess.CompletedProcess`` (exit code, stdout, stderr).
+
+    By default the command runs in this process: :func:`mach_tf.cli.main.main` with
+    stdin, stdout, stderr and the environment swapped for the call, so TensorFlow is
+    imported once per test session rather than once per command (about 10 s each on a slow
+    CPU). A worker process the command starts is a real process either way. With
+    ``process=True`` it runs as ``python -m mach_tf`` in a subprocess (``timeout``
+    seconds at most), for what only a process shows: TensorFlow's native and logging output
+    on stderr, and the module entry point.
+    """
+    if process:
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run([sys.executable, "-m", "mach_tf", *map(str, args)],
+                              input=input_text, capture_output=True, text=True,
+                              timeout=timeout, env=e, cwd=ROOT)
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    saved_threads = pipeline._THREADS
+    os.environ.update(env or {})
+    os.chdir(ROOT)
+    sys.stdin = io.StringIO(input_text or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli_main(argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # noqa: BLE001 - a process would exit 1 with the traceback
+                traceback.print_exc(file=sys.stderr)
+                code = 1
+    finally:
+        sys.stdin = saved_stdin
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        pipeline._THREADS = saved_threads  # --threads sizes this process's input pipelines
+    return subprocess.CompletedProcess(["mach-tf", *argv], code, out.getvalue(),
+                                       err.getvalue())
 
 
 #: Prepended to a ``python -c`` program: ``tensorflow_serving`` cannot be imported, as on an

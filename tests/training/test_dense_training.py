@@ -123,15 +123,17 @@ def test_encoder_function_trains_with_two_workers_and_a_changed_one_is_refused(
     mod.mkdir()
     (mod / "user_towers.py").write_text(textwrap.dedent(ENCODER_MODULE).replace("WIDTH", "20"))
     env = {"PYTHONPATH": f"{mod}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # In subprocesses: the module is found on their PYTHONPATH, and edited below
     run = tmp_path / "run"
     args = ["train", "--train", dense_data["train"], "--model-dir", run, "--repetitions", 2,
             "--buckets", 32, "--epochs", 3, "--seed", 3, "--encoder", "user_towers:tower"]
-    res = run_cli(*args, "--workers", 2, env=env)
+    res = run_cli(*args, "--workers", 2, env=env, process=True)
     assert res.returncode == 0, res.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["encoder"]["function"] == "user_towers:tower"
     assert config["encoder"]["output_dim"] == 20 and config["group_size"] == 1
-    res = run_cli("evaluate", "--model", run, "--test", dense_data["test"], "--json", env=env)
+    res = run_cli("evaluate", "--model", run, "--test", dense_data["test"], "--json",
+                  env=env, process=True)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1])["p@1"] > \
         2 * _floor(str(run), dense_data["test"])
@@ -139,11 +141,12 @@ def test_encoder_function_trains_with_two_workers_and_a_changed_one_is_refused(
     # the run's own config ...
     (mod / "user_towers.py").write_text(textwrap.dedent(ENCODER_MODULE).replace("WIDTH", "28"))
     shutil.rmtree(run / "rep-001")
-    res = run_cli("train", "--train", dense_data["train"], "--model-dir", run, env=env)
+    res = run_cli("train", "--train", dense_data["train"], "--model-dir", run, env=env,
+                  process=True)
     assert res.returncode != 0
     assert "builds another network than the run's config records" in res.stderr
     # ... and with the same command, whose config now records another encoder.
-    res = run_cli(*args, env=env)
+    res = run_cli(*args, env=env, process=True)
     assert res.returncode != 0
     assert "already holds a run with a different config" in res.stderr
     assert "encoder" in res.stderr

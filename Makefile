@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 # GPU users: make TF_EXTRA=gpu demo   (installs tensorflow[and-cuda] instead of tensorflow-cpu)
 TF_EXTRA ?= cpu
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; each takes whole test files): one per core by default,
+# PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: demo test venv clean bench bench-peers
 
@@ -28,7 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The peers of benchmarks.time_to_accuracy (Omikuji, napkinXC, PECOS XR-Linear) in their
 # own environment: PECOS pins numpy<2, which TensorFlow 2.21 cannot use. XR-Linear needs

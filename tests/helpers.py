@@ -1,6 +1,6 @@
-"""Helpers the tests share: the CLI (in this process or a subprocess), an export served both ways (as
-``tf.saved_model.load`` and as TensorFlow Serving's v1 session loader), its warmup records
-replayed, and the in-Python reference top-k of a run."""
+"""Helpers the tests share: the CLI (in this process or a subprocess), an export served
+both ways (as ``tf.saved_model.load`` and as TensorFlow Serving's v1 session loader), its
+warmup records replayed, and the in-Python reference top-k of a run."""
 
 from __future__ import annotations
 

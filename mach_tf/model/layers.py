@@ -57,8 +57,57 @@ def sparse_to_flat(feature_ids, feature_values):
         tf.cast(feature_values, tf.float32), where)
 
 
+class _RepetitionBlocks:
+    """Repetition ``g``'s ``[D, H]`` input kernel and ``[H]`` bias, whether the layer holds
+    one ``[D, G * H]`` kernel (column block ``g``) or one ``[D, H]`` variable per
+    repetition (``_kernel_variables()`` lists the layer's kernel variables)."""
+
+    def _per_repetition(self) -> bool:
+        return len(self._kernel_variables()) == self.groups
+
+    def block(self, g):
+        """Repetition ``g``'s weights ``(kernel [D, H], bias [H])`` as numpy arrays."""
+        sl = slice(g * self.units, (g + 1) * self.units)
+        kernels = self._kernel_variables()
+        kernel = np.asarray(kernels[g]) if self._per_repetition() else \
+            np.asarray(kernels[0])[:, sl]
+        return kernel, np.asarray(self.bias)[sl]
+
+    def set_block(self, g, kernel, bias) -> None:
+        """Sets repetition ``g``'s weights (``kernel [D, H]``, ``bias [H]``)."""
+        sl = slice(g * self.units, (g + 1) * self.units)
+        if self._per_repetition():
+            self._kernel_variables()[g].assign(kernel)
+        else:
+            _assign_columns(self._kernel_variables()[0], sl, kernel)
+        _assign_columns(self.bias, sl, bias)
+
+    def kernel_blocks(self) -> list[np.ndarray]:
+        """Every repetition's ``[D, H]`` kernel, in the group's order."""
+        kernels = self._kernel_variables()
+        if self._per_repetition():
+            return [np.asarray(kernel) for kernel in kernels]
+        return np.split(np.asarray(kernels[0]), self.groups, axis=1)
+
+    def set_kernel_blocks(self, blocks) -> None:
+        """Sets every repetition's ``[D, H]`` kernel (one assign per variable)."""
+        kernels = self._kernel_variables()
+        if self._per_repetition():
+            for kernel, value in zip(kernels, blocks, strict=True):
+                kernel.assign(value)
+        else:
+            kernels[0].assign(np.concatenate(list(blocks), axis=1))
+
+
+def _assign_columns(variable, columns: slice, value) -> None:
+    """Assigns ``value`` to ``variable[..., columns]`` (a read, a numpy write, an assign)."""
+    whole = np.array(variable)
+    whole[..., columns] = value
+    variable.assign(whole)
+
+
 @keras.saving.register_keras_serializable(package="mach_tf")
-class SparseDense(keras.layers.Layer):
+class SparseDense(_RepetitionBlocks, keras.layers.Layer):
     """Dense layer over a padded sparse input: ``y = act(x W + b)`` with x sparse.
 
     Inputs are ``(feature_ids, feature_values)``, both ``[batch, n]``, ids padded with -1.
@@ -69,8 +118,9 @@ class SparseDense(keras.layers.Layer):
     repetition: a step's gathered rows, their gradient and their optimizer update are then
     ``[non-zeros, H]`` blocks, not ``[non-zeros, G * H]``, and stay in the CPU's caches
     (at the tagging shape, G = 4 and H = 512 on an AVX2 CPU, a training step took 255 ms
-    against 316 ms with one ``[D, G * H]`` kernel; benchmarks/RESULTS.md). With ``weighting="idf"`` each value is first multiplied by its
-    feature's weight (a non-trainable ``[D]`` variable set from the training data with
+    against 316 ms with one ``[D, G * H]`` kernel; benchmarks/RESULTS.md). With
+    ``weighting="idf"`` each value is first multiplied by its feature's weight (a
+    non-trainable ``[D]`` variable set from the training data with
     :meth:`set_feature_weights`, saved with the layer); with ``normalize="l2"`` each
     example's values are then scaled to unit L2 norm.
 
@@ -202,42 +252,8 @@ class SparseDense(keras.layers.Layer):
                       kernel_initializer=self.kernel_initializer, weighting=self.weighting)
         return config
 
-    def block(self, g):
-        """Repetition ``g``'s weights ``(kernel [D, H], bias [H])`` as numpy arrays."""
-        sl = slice(g * self.units, (g + 1) * self.units)
-        kernel = np.asarray(self.kernels[g]) if self.gathered else \
-            np.asarray(self.kernels[0])[:, sl]
-        return kernel, np.asarray(self.bias)[sl]
-
-    def set_block(self, g, kernel, bias) -> None:
-        """Sets repetition ``g``'s weights (``kernel [D, H]``, ``bias [H]``)."""
-        sl = slice(g * self.units, (g + 1) * self.units)
-        if self.gathered:
-            self.kernels[g].assign(kernel)
-        else:
-            _assign_columns(self.kernels[0], sl, kernel)
-        _assign_columns(self.bias, sl, bias)
-
-    def kernel_blocks(self) -> list[np.ndarray]:
-        """Every repetition's ``[D, H]`` kernel, in the group's order."""
-        if self.gathered:
-            return [np.asarray(kernel) for kernel in self.kernels]
-        return np.split(np.asarray(self.kernels[0]), self.groups, axis=1)
-
-    def set_kernel_blocks(self, blocks) -> None:
-        """Sets every repetition's ``[D, H]`` kernel (one assign per variable)."""
-        if self.gathered:
-            for kernel, value in zip(self.kernels, blocks, strict=True):
-                kernel.assign(value)
-        else:
-            self.kernels[0].assign(np.concatenate(list(blocks), axis=1))
-
-
-def _assign_columns(variable, columns: slice, value) -> None:
-    """Assigns ``value`` to ``variable[..., columns]`` (a read, a numpy write, an assign)."""
-    whole = np.array(variable)
-    whole[..., columns] = value
-    variable.assign(whole)
+    def _kernel_variables(self) -> list:
+        return self.kernels
 
 
 @keras.saving.register_keras_serializable(package="mach_tf")
@@ -299,12 +315,12 @@ class GroupedDense(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="mach_tf")
-class DenseInput(keras.layers.Layer):
+class DenseInput(_RepetitionBlocks, keras.layers.Layer):
     """The first layer of G repetitions over a dense input: ``y_g = act(x_g W_g + b_g)``.
 
     The kernel is ``[d, G * H]`` (column block ``g`` is repetition ``g``'s), as
-    :class:`SparseDense`'s GEMM path, with the same ``block`` / ``set_block`` /
-    ``kernel_blocks`` interface, so a group is split and stacked the same way. The input is
+    :class:`SparseDense`'s GEMM path; both give and set repetition ``g``'s block the same
+    way, so a group is split and stacked the same way. The input is
     ``[batch, d]``, read by every repetition (one GEMM serves all G), or ``[batch, G, d]``,
     one vector per repetition (each repetition's own encoder output). With
     ``normalize="l2"`` each vector is first scaled to unit L2 norm.
@@ -370,21 +386,5 @@ class DenseInput(keras.layers.Layer):
                       kernel_initializer=self.kernel_initializer)
         return config
 
-    def block(self, g):
-        """Repetition ``g``'s weights ``(kernel [d, H], bias [H])`` as numpy arrays."""
-        sl = slice(g * self.units, (g + 1) * self.units)
-        return np.asarray(self.kernel)[:, sl], np.asarray(self.bias)[sl]
-
-    def set_block(self, g, kernel, bias) -> None:
-        """Sets repetition ``g``'s weights (``kernel [d, H]``, ``bias [H]``)."""
-        sl = slice(g * self.units, (g + 1) * self.units)
-        _assign_columns(self.kernel, sl, kernel)
-        _assign_columns(self.bias, sl, bias)
-
-    def kernel_blocks(self) -> list[np.ndarray]:
-        """Every repetition's ``[d, H]`` kernel, in the group's order."""
-        return np.split(np.asarray(self.kernel), self.groups, axis=1)
-
-    def set_kernel_blocks(self, blocks) -> None:
-        """Sets every repetition's ``[d, H]`` kernel (one assign)."""
-        self.kernel.assign(np.concatenate(list(blocks), axis=1))
+    def _kernel_variables(self) -> list:
+        return [self.kernel]

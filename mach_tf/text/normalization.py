@@ -84,6 +84,19 @@ def _fold_char(ch: str) -> str:
     raise RuntimeError(f"folding U+{ord(ch):04X} does not settle")  # never seen; a guard
 
 
+def _folds_to_itself(ch: str) -> bool:
+    """Whether ``_fold_char(ch) == ch``, decided without folding, for the characters
+    where that is plain: unassigned ones, and kept ones (a letter, number or mark that is
+    no generic accent) that neither decompose nor case-fold. That is all but about 20,000
+    of the 1.1 million code points, so the table is built in a fraction of the time (every
+    process that builds a featuriser builds it)."""
+    cat = _UCD.category(ch)
+    if cat in ("Cn", "Co", "Cs"):
+        return True
+    return (cat[0] in "LNM" and not _is_diacritic(ord(ch)) and ch.casefold() == ch
+            and _UCD.normalize("NFKD", ch) == ch)
+
+
 @functools.lru_cache(maxsize=1)
 def fold_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fold as sorted arrays: ``(keys, offsets, values)``, all int32.
@@ -96,6 +109,8 @@ def fold_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if 0xD800 <= cp <= 0xDFFF:
             continue
         ch = chr(cp)
+        if _folds_to_itself(ch):
+            continue
         folded = _fold_char(ch)
         if folded != ch:
             keys.append(cp)

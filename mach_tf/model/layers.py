@@ -114,9 +114,10 @@ class SparseDense(_RepetitionBlocks, keras.layers.Layer):
     Up to ``DENSE_INPUT_MAX_FEATURES`` features the input is scattered into a dense
     ``[batch, D]`` matrix and multiplied with one GEMM; above, the rows of W of the batch's
     distinct ids are gathered and multiplied by a sparse ``[batch, distinct]`` matrix of
-    the values, so the cost follows the non-zeros, not D. The gathered kernel is held as G variables of ``[D, H]``, one per
-    repetition: a step's gathered rows, their gradient and their optimizer update are then
-    ``[non-zeros, H]`` blocks, not ``[non-zeros, G * H]``, and stay in the CPU's caches
+    the values, so the cost follows the non-zeros, not D. The gathered kernel is held as G
+    variables of ``[D, H]``, one per repetition: a step's gathered rows, their gradient and
+    their optimizer update are then ``[distinct, H]`` blocks, not ``[distinct, G * H]``,
+    and stay in the CPU's caches
     (at the tagging shape, G = 4 and H = 512 on an AVX2 CPU, a training step took 255 ms
     against 316 ms with one ``[D, G * H]`` kernel; benchmarks/RESULTS.md). With
     ``weighting="idf"`` each value is first multiplied by its feature's weight (a

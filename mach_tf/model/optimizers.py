@@ -2,8 +2,8 @@
 
 The gathered sparse input layer holds one ``[D, H]`` kernel per repetition, but a batch
 touches only the rows of the features it contains; its gradient arrives as
-``tf.IndexedSlices``. Keras' Adam turns that into a dense ``[D, H]`` update every step (read and write the whole kernel and both
-moment slots), which dominates training time once D reaches the 10^5..10^6 features of
+``tf.IndexedSlices``. Keras' Adam turns that into a dense ``[D, H]`` update every step
+(read and write the whole kernel and both moment slots), which dominates training time once D reaches the 10^5..10^6 features of
 real catalogues. :class:`SparseAdam` updates only the touched rows ("lazy" Adam: the
 moments of untouched rows are not decayed that step, as in TF Addons' LazyAdam) and applies
 dense gradients with TensorFlow's fused ``ResourceApplyAdam`` kernel (one pass over memory

@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=30, help="fit steps per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shared-input-layer", action="store_true",
+                   help="one sparse input layer per group (the config's shared_input_layer)")
     p.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     p.add_argument("--epoch", action="store_true",
                    help="break an epoch of the default run into its parts instead")
@@ -189,7 +191,8 @@ def epoch_profile(args) -> dict:
         base = config_for_data(prefix, seed=args.seed)
         # Early stopping runs (it keeps each improving epoch's weights) but never stops.
         config = base.replace(num_repetitions=base.group_size, epochs=args.epochs,
-                              early_stopping_patience=args.epochs, hashing=None)
+                              early_stopping_patience=args.epochs, hashing=None,
+                              shared_input_layer=args.shared_input_layer)
         run = os.path.join(work, "run")
         shutil.rmtree(run, ignore_errors=True)  # a kept workdir's earlier run is complete
         timer = StepTimer()
@@ -246,6 +249,7 @@ def epoch_profile(args) -> dict:
             "synthetic-tagging", "num_classes": config.num_classes,
             "num_features": config.num_features, "buckets": config.num_buckets,
             "hidden_units": config.hidden_units, "group": config.group_size,
+            "shared_input_layer": config.shared_input_layer,
             "batch_size": config.batch_size, "steps_per_epoch": n_steps, "epochs": epochs,
             "total_s": round(total, 2), "epoch_s": round(epoch_s, 2),
             "steps_s": round(steps / epochs, 2),
@@ -273,6 +277,8 @@ def main(argv=None) -> dict:
             "dropout": 0.5}
     if args.group:
         over["group_size"] = args.group
+    if args.shared_input_layer:
+        over["shared_input_layer"] = True
     config = MachConfig.from_data(args.classes, args.features, **over)
     group = list(range(min(config.group_size, config.num_repetitions)))
     batch = synthetic_batch(config, group, args.batch_size, args.seed)
@@ -296,7 +302,8 @@ def main(argv=None) -> dict:
     nnz = int(np.sum(np.asarray(batch[0]["feature_ids"]) >= 0))
     out = {"benchmark": "step_profile", "classes": args.classes, "features": args.features,
            "hidden_units": config.hidden_units, "buckets": config.num_buckets,
-           "group": len(group), "batch_size": args.batch_size, "nonzeros_per_batch": nnz,
+           "group": len(group), "shared_input_layer": config.shared_input_layer,
+           "batch_size": args.batch_size, "nonzeros_per_batch": nnz,
            "dropout": config.dropout, "steps_per_round": args.steps, "rounds": args.rounds,
            "fit_step_ms": round(1000 * fit_s, 2),
            "fit_step_dense_adam_ms": round(1000 * dense_s, 2),

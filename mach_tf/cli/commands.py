@@ -79,7 +79,8 @@ _HPARAMS = {"buckets": "num_buckets", "repetitions": "num_repetitions",
             "seed": "seed", "feature_weighting": "feature_weighting",
             "lr_schedule": "lr_schedule", "early_stopping_patience": "early_stopping_patience",
             "early_stopping_metric": "early_stopping_metric",
-            "validation_fraction": "validation_fraction", "precision": "precision"}
+            "validation_fraction": "validation_fraction", "precision": "precision",
+            "shared_input_layer": "shared_input_layer"}
 
 
 def _train_config(a):

@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--validation-fraction", type=float,
                    help="share of --train held out when no --valid is given (0: none)")
     t.add_argument("--group-size", type=int, help="repetitions per Keras model per worker")
+    t.add_argument("--shared-input-layer", action="store_true", default=None,
+                   help="a group's repetitions share one sparse input layer: faster "
+                        "training, lower precision where classes have few examples")
     t.add_argument("--seed", type=int)
     t.add_argument("--text-features", type=int,
                    help="text data: D, the featuriser's hash space (default 65536)")

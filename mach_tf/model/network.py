@@ -58,6 +58,10 @@ class MachModel(keras.Model):
             the first layer then reads their output.
         encoder_trainable: Whether the encoders train (``False``: they run in inference
             mode and their weights stay as loaded).
+        shared_input: One sparse input layer for the G repetitions (its kernel seeded by
+            the first repetition's seed), whose ``[batch, H]`` output each repetition's
+            later layers read (dropout draws each repetition's own mask). Training only:
+            :func:`split` gives each repetition a copy of it.
         kernel_initializer: Every layer's kernel initializer instead of each layer's own
             seeded one: ``"zeros"`` for a model whose weights are set right after it is
             built (:func:`split`, :func:`stack`), which skips drawing D * G * H random
@@ -71,7 +75,8 @@ class MachModel(keras.Model):
     def __init__(self, num_features, num_buckets, hidden_units, repetitions=(0,), seeds=None,
                  activation="relu", dropout=0.0, feature_norm="l2", feature_weighting="none",
                  precision="float32", input_format="sparse", encoders=(),
-                 encoder_trainable=True, kernel_initializer=None, **kwargs):
+                 encoder_trainable=True, kernel_initializer=None, shared_input=False,
+                 **kwargs):
         # The model never casts its inputs: each layer casts what it computes with.
         super().__init__(dtype=precision, autocast=False, **kwargs)
         self.precision = precision
@@ -87,6 +92,9 @@ class MachModel(keras.Model):
         self.feature_weighting = feature_weighting
         g = self.groups
         self.input_format = input_format
+        self.shared_input = bool(shared_input)
+        if self.shared_input and (input_format != "sparse" or not self.hidden_units):
+            raise ValueError("MachModel: shared_input needs sparse input and a hidden layer")
         self.encoder_trainable = bool(encoder_trainable)
         self.encoders = [keras.saving.deserialize_keras_object(e) if isinstance(e, dict)
                          else e for e in encoders]
@@ -111,9 +119,12 @@ class MachModel(keras.Model):
                                           seeds=self.seeds, dtype=precision, name="dense_input",
                                           **init)
         else:
-            self.sparse_input = SparseDense(self.num_features, first, groups=g,
+            shared = self.shared_input
+            self.sparse_input = SparseDense(self.num_features, first,
+                                            groups=1 if shared else g,
                                             activation=first_activation,
-                                            normalize=feature_norm, seeds=self.seeds,
+                                            normalize=feature_norm,
+                                            seeds=self.seeds[:1] if shared else self.seeds,
                                             weighting=feature_weighting, dtype=precision,
                                             name="sparse_input", **init)
         self.hidden = [GroupedDense(h, groups=g, activation=activation,
@@ -150,7 +161,9 @@ class MachModel(keras.Model):
 
     def _first(self, inputs, training):
         if self.input_format != "dense":
-            return self.sparse_input(inputs["feature_ids"], inputs["feature_values"])
+            h = self.sparse_input(inputs["feature_ids"], inputs["feature_values"])
+            # [batch, 1, H] -> [batch, G, H]: the gradient sums the G repetitions' parts.
+            return tf.repeat(h, self.groups, axis=1) if self.shared_input else h
         x = tf.cast(inputs[DENSE_KEY], tf.float32)
         mode = bool(training) and self.encoder_trainable
         if len(self.encoders) == 1:
@@ -179,7 +192,8 @@ class MachModel(keras.Model):
                 "feature_norm": self.feature_norm, "feature_weighting": self.feature_weighting,
                 "precision": self.precision, "input_format": self.input_format,
                 "encoders": [keras.saving.serialize_keras_object(e) for e in self.encoders],
-                "encoder_trainable": self.encoder_trainable}
+                "encoder_trainable": self.encoder_trainable,
+                "shared_input": self.shared_input}
 
     def build_from_config(self, config):
         self.build(None)
@@ -191,7 +205,7 @@ class MachModel(keras.Model):
     def repetition_weights(self, g: int) -> list[np.ndarray]:
         """The weights of the group's ``g``-th repetition, in layer order (its encoder's,
         if any, are :meth:`encoder_of`'s)."""
-        out = list(self.input_layer.block(g))
+        out = list(self.input_layer.block(0 if self.shared_input else g))
         for layer in self.dense_layers:
             out.extend(layer.block(g))
         return out
@@ -203,6 +217,9 @@ class MachModel(keras.Model):
         return self.encoders[0] if len(self.encoders) == 1 else self.encoders[g]
 
     def set_repetition_weights(self, g: int, weights: Sequence[np.ndarray]) -> None:
+        if self.shared_input:
+            raise ValueError(f"{self.name}: a shared input layer has no repetition's own "
+                             f"weights to set")
         ws = list(weights)
         self.input_layer.set_block(g, ws[0], ws[1])
         i = 2
@@ -227,7 +244,8 @@ def build_model(config: MachConfig, repetitions: Sequence[int],
         feature_norm=config.feature_norm, feature_weighting=config.feature_weighting,
         precision=config.precision, input_format=config.input_format, encoders=encoders,
         encoder_trainable=bool(config.encoder and config.encoder["trainable"]),
-        name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200])
+        name="mach_" + "_".join(f"{r:03d}" for r in repetitions)[:200],
+        shared_input=config.shared_input_layer and len(repetitions) > 1)
     model.build(None)
     return model
 

@@ -159,8 +159,21 @@ def start_from(model, singles) -> None:
         ValueError: when a weight's shape differs (the source run's network is another).
     """
     source = stack(singles)
+    weights = source.weights
+    if model.shared_input:  # every single holds a copy of the one input layer
+        kernel, bias = singles[0].input_layer.block(0)
+        for single in singles[1:]:
+            other = single.input_layer.block(0)
+            if not (np.array_equal(other[0], kernel) and np.array_equal(other[1], bias)):
+                raise ValueError(f"cannot start from the source run's weights: its "
+                                 f"repetitions {model.repetitions} do not share one input "
+                                 f"layer")
+        model.input_layer.set_block(0, kernel, bias)
+        if source.input_layer.feature_weights is not None:
+            model.input_layer.set_feature_weights(np.asarray(source.input_layer.feature_weights))
+        weights = [w for layer in source.dense_layers for w in layer.weights]
     mine = {v.path: v for v in model.weights}
-    for v in source.weights:
+    for v in weights:
         name = v.path.split("/", 1)[-1]
         target = next((t for p, t in mine.items() if p.split("/", 1)[-1] == name), None)
         if target is None or tuple(target.shape) != tuple(v.shape):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from mach_tf import rundir
 from tests.helpers import ROOT, run_cli
 
 SUBCOMMANDS = ["convert", "verify", "synth", "train", "extend", "export", "evaluate", "predict",
@@ -175,3 +176,17 @@ def test_keras_lines_only_with_verbose():
     assert _fit_verbosity(parse(base)) == 0
     assert _fit_verbosity(parse(base + ["--verbose"])) == 2
     assert _fit_verbosity(parse(base + ["--verbose-fit", "1"])) == 1
+
+
+def test_train_shares_a_groups_input_layer_when_asked(tmp_path, tiny_data):
+    """``--shared-input-layer`` reaches the run's config, and the saved repetitions of a
+    group hold the same input layer (each its own copy)."""
+    run = tmp_path / "run"
+    res = run_cli("train", "--train", tiny_data["train"], "--model-dir", run, "--buckets", 8,
+                  "--repetitions", 4, "--group-size", 2, "--hidden", 16, "--epochs", 1,
+                  "--shared-input-layer", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.load(open(run / "config.json"))["shared_input_layer"] is True
+    kernels = [rundir.load_repetition(str(run), r).input_layer.block(0)[0] for r in range(4)]
+    assert (kernels[0] == kernels[1]).all() and (kernels[2] == kernels[3]).all()
+    assert not (kernels[0] == kernels[2]).all()

@@ -10,6 +10,7 @@ from mach_tf.data import bucket_targets
 from mach_tf.model.layers import DENSE_INPUT_MAX_FEATURES, GroupedDense, SparseDense
 from mach_tf.model.losses import bucket_loss
 from mach_tf.model.network import MachModel, bucket_scores, build_model, compile_model, split, stack
+from mach_tf.training.group import start_from
 
 
 def sparse_batch(rng, batch=6, width=5, dim=40):
@@ -150,6 +151,61 @@ def test_grouped_training_equals_separate_training(config, optimizer):
         alone.fit(x, y_all[:, g:g + 1], batch_size=8, epochs=2, shuffle=False, verbose=0)
         for a, b in zip(grouped.repetition_weights(g), alone.repetition_weights(0)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_input_layer_trains_one_kernel_and_splits_into_copies(config, tmp_path):
+    """With ``shared_input_layer`` a group holds one input kernel, every repetition's own
+    later layers read it, training moves it, and split
+    gives each repetition a copy, so the saved repetitions score as the group did."""
+    config = config.replace(shared_input_layer=True)
+    rng = np.random.default_rng(6)
+    x = sparse_batch(rng, batch=16)
+    labels = tf.ragged.constant([[int(v)] for v in rng.integers(0, 50, 16)], tf.int64)
+    model = compile_model(build_model(config, [0, 1, 2]), config)
+    assert len(model.input_layer.kernel_blocks()) == 1
+    separate = build_model(config.replace(shared_input_layer=False), [0, 1, 2])
+    assert len(model.trainable_weights) == len(separate.trainable_weights) - (
+        2 if model.input_layer.gathered else 0)
+    # the one input layer is repetition 0's; the later layers are each repetition's own
+    for g in range(3):
+        for a, b in zip(model.repetition_weights(g), separate.repetition_weights(0)[:2] +
+                        separate.repetition_weights(g)[2:]):
+            np.testing.assert_array_equal(a, b)
+    before = model.input_layer.block(0)[0].copy()
+    model.fit(x, bucket_targets(labels, config, [0, 1, 2]), batch_size=8, epochs=2,
+              shuffle=False, verbose=0)
+    assert not np.array_equal(model.input_layer.block(0)[0], before)
+    full = model(x).numpy()
+    parts = split(model)
+    for g, m in enumerate(parts):
+        assert not m.shared_input
+        np.testing.assert_array_equal(m.input_layer.block(0)[0], model.input_layer.block(0)[0])
+        np.testing.assert_allclose(m(x).numpy()[:, 0], full[:, g], rtol=1e-5, atol=1e-6)
+    path = str(tmp_path / "shared.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.shared_input
+    np.testing.assert_allclose(loaded(x).numpy(), full, rtol=1e-6)
+
+
+def test_shared_input_layer_starts_from_a_shared_source_and_refuses_another(config):
+    config = config.replace(shared_input_layer=True)
+    source = build_model(config, [0, 1, 2])
+    for v in source.trainable_variables:
+        v.assign(v + 0.1)
+    target = build_model(config, [0, 1, 2])
+    start_from(target, split(source))
+    for a, b in zip(target.weights, source.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    independent = split(build_model(config.replace(shared_input_layer=False), [0, 1, 2]))
+    with pytest.raises(ValueError, match="do not share one input layer"):
+        start_from(target, independent)
+
+
+@pytest.mark.parametrize("overrides", [{"input_format": "dense"}, {"hidden_units": []}])
+def test_shared_input_layer_needs_sparse_input_and_a_hidden_layer(overrides):
+    with pytest.raises(ValueError, match="MachConfig.shared_input_layer: needs sparse input"):
+        MachConfig.from_data(50, 40, shared_input_layer=True, **overrides)
 
 
 def test_group_metrics_share_one_loss_and_argmax_per_step(config):

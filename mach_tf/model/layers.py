@@ -112,12 +112,11 @@ class SparseDense(_RepetitionBlocks, keras.layers.Layer):
 
     Inputs are ``(feature_ids, feature_values)``, both ``[batch, n]``, ids padded with -1.
     Up to ``DENSE_INPUT_MAX_FEATURES`` features the input is scattered into a dense
-    ``[batch, D]`` matrix and multiplied with one GEMM; above, the rows of W of the batch's
-    distinct ids are gathered and multiplied by a sparse ``[batch, distinct]`` matrix of
-    the values, so the cost follows the non-zeros, not D. The gathered kernel is held as G
-    variables of ``[D, H]``, one per repetition: a step's gathered rows, their gradient and
-    their optimizer update are then ``[distinct, H]`` blocks, not ``[distinct, G * H]``,
-    and stay in the CPU's caches
+    ``[batch, D]`` matrix and multiplied with one GEMM; above, the rows of W named by the
+    ids are gathered, scaled by the values and summed per example, so the cost follows the
+    non-zeros, not D. The gathered kernel is held as G variables of ``[D, H]``, one per
+    repetition: a step's gathered rows, their gradient and their optimizer update are then
+    ``[non-zeros, H]`` blocks, not ``[non-zeros, G * H]``, and stay in the CPU's caches
     (at the tagging shape, G = 4 and H = 512 on an AVX2 CPU, a training step took 255 ms
     against 316 ms with one ``[D, G * H]`` kernel; benchmarks/RESULTS.md). With
     ``weighting="idf"`` each value is first multiplied by its feature's weight (a
@@ -226,20 +225,18 @@ class SparseDense(_RepetitionBlocks, keras.layers.Layer):
                 x, kernel = tf.cast(x, compute), tf.cast(kernel, compute)
             out = tf.matmul(x, kernel) + tf.cast(self.bias, compute)
         else:
-            # The batch's distinct features are found once for all G kernels: each kernel
-            # gives their U rows, and a [batch, U] sparse matrix of the values multiplies
-            # them. Each kernel's gradient is then U distinct rows (the sparse product's
-            # transpose), which the optimizer updates as they are, with no [non-zeros, H]
-            # block to gather, sort and sum per kernel. Rows are read from the tf.Variable
-            # itself (a ResourceGather): reading a variable the optimizer scatters into as
-            # a tensor copies all D * H weights every step.
-            distinct, position = tf.unique(ids)
-            x = tf.sparse.SparseTensor(
-                tf.stack([rows, tf.cast(position, tf.int64)], axis=1), values,
-                tf.stack([tf.cast(batch, tf.int64), tf.size(distinct, out_type=tf.int64)]))
-            parts = [tf.sparse.sparse_dense_matmul(x, tf.gather(kernel.value, distinct))
+            # The tf.Variable itself, so the rows are read by a ResourceGather: reading a
+            # variable the optimizer scatters into as a tensor copies all D * H weights
+            # every step (28 of a 116 ms step at the tagging shape, D = 20,000, G * H = 2,048).
+            # tf.where lists the non-zeros row by row, so the rows are sorted: the sorted
+            # segment sum is 2-3x faster than the unsorted one on CPU (forward and
+            # gradient). It stops at the last row with a non-zero: pad to the batch.
+            weights = values[:, None]
+            parts = [tf.math.segment_sum(tf.gather(kernel.value, ids) * weights, rows)
                      for kernel in self.kernels]
             summed = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+            summed = tf.pad(summed, [[0, tf.cast(batch, tf.int64)
+                                      - tf.shape(summed, out_type=tf.int64)[0]], [0, 0]])
             out = tf.cast(summed + self.bias, compute)
         out = tf.reshape(self.activation(out), [batch, self.groups, self.units])
         return out

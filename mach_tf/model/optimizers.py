@@ -3,15 +3,16 @@
 The gathered sparse input layer holds one ``[D, H]`` kernel per repetition, but a batch
 touches only the rows of the features it contains; its gradient arrives as
 ``tf.IndexedSlices``. Keras' Adam turns that into a dense ``[D, H]`` update every step
-(read and write the whole kernel and both moment slots), which dominates training time once D reaches the 10^5..10^6 features of
-real catalogues. :class:`SparseAdam` updates only the touched rows ("lazy" Adam: the
-moments of untouched rows are not decayed that step, as in TF Addons' LazyAdam) and applies
-dense gradients with TensorFlow's fused ``ResourceApplyAdam`` kernel (one pass over memory
-instead of about seven). The touched rows take the same fused kernel: gathered into three
-scratch variables, updated there in one pass, and scattered back, instead of eleven
-elementwise passes over them (at the tagging shape, rows of 2,048 floats, the input
-kernel's update took 35.5 ms against 45.0 and the training step 94.9 against 106.4 ms:
-benchmarks/RESULTS.md, "An epoch of the default run").
+(read and write the whole kernel and both moment slots), which dominates training time once
+D reaches the 10^5..10^6 features of real catalogues. :class:`SparseAdam` updates only the
+touched rows ("lazy" Adam: the moments of untouched rows are not decayed that step, as in
+TF Addons' LazyAdam) and applies dense gradients with TensorFlow's fused
+``ResourceApplyAdam`` kernel (one pass over memory instead of about seven). The touched
+rows take the same fused kernel: gathered into three scratch variables, updated there in
+one pass, and scattered back, instead of eleven elementwise passes over them (at the
+tagging shape, rows of 2,048 floats, the input kernel's update took 35.5 ms against 45.0
+and the training step 94.9 against 106.4 ms: benchmarks/RESULTS.md, "An epoch of the
+default run").
 
 Even lazy, Adam reads and writes three ``[rows, H]`` blocks per kernel and step (the
 weights and both moments). With ``row_wise=True`` the gathered input kernel (marked
@@ -161,23 +162,13 @@ class _RowScratch:
 def _sum_rows(gradient: tf.IndexedSlices, dtype) -> tuple[tf.Tensor, tf.Tensor]:
     """``(unique rows, their summed gradient rows)``: scatter ops must see each row once.
 
-    The sparse input layer's gradient already lists each row once (it multiplies the
-    batch's distinct rows), and is used as it is: checking that costs one ``unique`` of
-    the indices, where summing costs a sort and a pass over ``[rows, H]``. Other gradients
-    (a kernel gathered twice, ``tf.gather`` on the variable) are sorted first, so the sum
-    is a sorted segment sum: on 2 CPU cores at the tagging shape (5,120 ids, 3,094 unique,
-    rows of 2,048) 16 ms against 26 ms for the unsorted sum.
+    Sorted first, the sum is a sorted segment sum: on 2 CPU cores at the tagging shape
+    (5,120 ids, 3,094 unique, rows of 2,048) 16 ms against 26 ms for the unsorted sum, of
+    a lazy Adam update of about 90 ms.
     """
-    rows, _ = tf.unique(gradient.indices)
-    values = tf.cast(gradient.values, dtype)
-
-    def summed():
-        order = tf.argsort(gradient.indices, stable=True)
-        sorted_rows, pos = tf.unique(tf.gather(gradient.indices, order))
-        return sorted_rows, tf.math.segment_sum(tf.gather(values, order), pos)
-
-    distinct = tf.equal(tf.size(rows), tf.size(gradient.indices))
-    return tf.cond(distinct, lambda: (gradient.indices, values), summed)
+    order = tf.argsort(gradient.indices, stable=True)
+    rows, pos = tf.unique(tf.gather(gradient.indices, order))
+    return rows, tf.math.segment_sum(tf.gather(tf.cast(gradient.values, dtype), order), pos)
 
 
 def make_optimizer(config: MachConfig, steps_per_epoch: int | None = None):

@@ -156,7 +156,8 @@ def start_from(model, singles) -> None:
     into the group ``model``, which has their architecture.
 
     Raises:
-        ValueError: when a weight's shape differs (the source run's network is another).
+        ValueError: when a weight's shape differs (the source run's network is another),
+            or when ``model`` shares one input layer and the singles' copies of it differ.
     """
     source = stack(singles)
     weights = source.weights

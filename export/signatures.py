@@ -17,9 +17,9 @@ constants, so a model of millions of classes stays far from the GraphDef's 2 GB 
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
+from export.archive import SignatureArchive
 from mach_tf.config import MachConfig
 from mach_tf.inference.decoder import MergedTopK
 from mach_tf.inference.filters import check_filters
@@ -128,8 +128,8 @@ def decoded_answer(topk: MergedTopK, scores, table=None, filters=None) -> dict:
 def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str,
                   candidate_buckets: int, label_names_path: str | None = None,
                   featurizer=None, excluded_classes=()):
-    """A ``keras.export.ExportArchive`` with the ``serving_default`` and
-    ``predict_examples`` endpoints (see DESIGN.md for their tensors), and ``predict_text``
+    """A :class:`~export.archive.SignatureArchive` with the ``serving_default`` and
+    ``predict_examples`` signatures (see DESIGN.md for their tensors), and ``predict_text``
     for text models; each with its ``NAME_filtered`` twin, which also takes a request's
     ``exclude_ids``, ``restrict_ids`` and ``top_k`` (:data:`FILTER_SPECS`). A dense model
     (``config.input_format == "dense"``) takes ``embedding`` float32 ``[batch, d]`` in
@@ -149,12 +149,10 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
             ``predict_examples`` then reads each example's ``text`` feature.
         excluded_classes: Class ids no signature ever returns (retired classes).
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive = SignatureArchive()
     topk = MergedTopK(config.num_classes, config.hashing, k=top_k, decoder=decoder,
                       candidate_buckets=candidate_buckets, excluded_classes=excluded_classes,
                       name="mach_decoder")
-    archive.track(topk)
     table = None
     if label_names_path is not None:
         table = label_table(label_names_path)
@@ -253,12 +251,11 @@ def build_archive(config: MachConfig, model: MachModel, top_k: int, decoder: str
         endpoints.append((PREDICT_EXAMPLES, predict_examples, predict_examples_filtered,
                           examples_spec))
     else:
-        archive.track(featurizer)
         endpoints += [(PREDICT_EXAMPLES, predict_text_examples,
                        predict_text_examples_filtered, examples_spec),
                       (PREDICT_TEXT, predict_text, predict_text_filtered,
                        [tf.TensorSpec([None], tf.string, name="text")])]
     for name, plain, filtered, spec in endpoints:
-        archive.add_endpoint(name, plain, input_signature=spec)
-        archive.add_endpoint(name + FILTERED, filtered, input_signature=spec + FILTER_SPECS)
+        archive.add_signature(name, plain, spec)
+        archive.add_signature(name + FILTERED, filtered, spec + FILTER_SPECS)
     return archive

@@ -186,7 +186,7 @@ def export_model(model_dir: str, output: str, version: int | None = None, top_k:
                 f"decoder={decoder}, top_k={top_k}; building the serving graph")
             archive = build_archive(config, model, top_k, decoder, candidate_buckets, names,
                                     featurizer=featurizer, excluded_classes=excluded)
-            archive.write_out(tmp, verbose=False)
+            archive.write_out(tmp)
             say("2", "SavedModel written" + (", verifying it" if verify else ""))
             del archive, model
             gc.collect()

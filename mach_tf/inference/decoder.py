@@ -172,7 +172,8 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int,
         offsets: int64 ``[R*B + 1]`` CSR offsets (see :func:`candidate_index`).
         classes: int32 ``[R*K]`` CSR class ids.
         class_slots: int ``[K, R]``, every class's slot ``r*B + h_r(c)``.
-        m: Buckets taken per repetition.
+        m: Buckets taken per repetition: a Python int (clipped to ``[1, B]``), or an int32
+            scalar tensor already in that range.
         k: How many to return.
         allowed: Optional ``allowed(class_ids [T], row [T]) -> bool [T]`` (see
             :func:`mach_tf.inference.filters.allowed_fn`); candidates it refuses are
@@ -184,7 +185,8 @@ def candidate_topk(bucket_scores, offsets, classes, class_slots, m: int, k: int,
         id -1.
     """
     num_r, num_b = _static_rb(bucket_scores)
-    m = max(1, min(int(m), num_b))
+    if not tf.is_tensor(m):
+        m = max(1, min(int(m), num_b))
     k = int(k)
     top = tf.math.top_k(bucket_scores, k=m, sorted=False).indices  # [batch, R, m]
     rep_base = tf.constant(np.arange(num_r, dtype=np.int64) * num_b)
@@ -229,27 +231,39 @@ def growing_candidate_topk(bucket_scores, offsets, classes, class_slots, m: int,
     classes allows them. Each row's answer is that of the first size that fills it, so it
     never depends on the other rows of the batch.
 
+    The sizes after the first are one ``tf.while_loop`` whose body decodes at a size held
+    in a tensor: the graph holds two candidate decodings, not one per size (thirteen at
+    B = 4,096 and m = 1), which keeps tracing, the SavedModel and the server's graph
+    optimisation small.
+
     Args:
         needed: Optional bool ``[batch]``: only these rows' answers are used (the others
             are never grown for).
     """
     num_b = _static_rb(bucket_scores)[1]
-    sizes = [max(1, min(int(m), num_b))]
-    while sizes[-1] < num_b:
-        sizes.append(min(2 * sizes[-1], num_b))
-    result = candidate_topk(bucket_scores, offsets, classes, class_slots, sizes[0], k,
-                            allowed)
-    for size in sizes[1:]:
-        def grow(result=result, size=size):
-            more = candidate_topk(bucket_scores, offsets, classes, class_slots, size, k,
-                                  allowed)
-            short = tf.reduce_any(result[1] < 0, axis=1, keepdims=True)
-            return tf.where(short, more[0], result[0]), tf.where(short, more[1], result[1])
-        short = tf.reduce_any(result[1] < 0, axis=1)
+    first = max(1, min(int(m), num_b))
+    scores, ids = candidate_topk(bucket_scores, offsets, classes, class_slots, first, k,
+                                 allowed)
+    if first == num_b:
+        return scores, ids
+
+    def short_rows(ids):
+        return tf.reduce_any(ids < 0, axis=1)
+
+    def keep_growing(size, scores, ids):
+        short = short_rows(ids)
         if needed is not None:
             short = tf.logical_and(short, needed)
-        result = tf.cond(tf.reduce_any(short), grow, lambda result=result: result)
-    return result
+        return tf.logical_and(size < num_b, tf.reduce_any(short))
+
+    def grow(size, scores, ids):
+        size = tf.minimum(2 * size, num_b)
+        more = candidate_topk(bucket_scores, offsets, classes, class_slots, size, k, allowed)
+        short = short_rows(ids)[:, None]
+        return size, tf.where(short, more[0], scores), tf.where(short, more[1], ids)
+
+    _, scores, ids = tf.while_loop(keep_growing, grow, (tf.constant(first), scores, ids))
+    return scores, ids
 
 
 def exact_filtered_topk(bucket_scores, table, k: int, excluded=None, exclude_ids=None):

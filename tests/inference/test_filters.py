@@ -160,3 +160,19 @@ def test_read_class_ids(tmp_path):
     path.write_text("1\nshoe\n")
     with pytest.raises(DataFormatError, match=r"retired.txt:2: malformed class id 'shoe'"):
         read_class_ids(str(path), 20)
+
+
+def test_growing_candidates_graph_does_not_grow_with_the_buckets():
+    """The sizes a short row grows through (m, 2m, ... B) are one loop in the graph: a
+    decoder of 4,096 buckets traces no more ops than one of 16."""
+    def traced_ops(num_buckets):
+        config = MachConfig.from_data(K, 30, num_buckets=num_buckets, num_repetitions=R,
+                                      seed=5)
+        layer = MergedTopK(K, config.hashing, k=5, decoder="candidates",
+                           candidate_buckets=1, excluded_classes=[3, 9])
+        spec = tf.TensorSpec([None, R, num_buckets], tf.float32)
+        graph = tf.function(layer, input_signature=[spec]).get_concrete_function().graph
+        library = graph.as_graph_def().library.function
+        return len(graph.get_operations()) + sum(len(f.node_def) for f in library)
+
+    assert traced_ops(4096) == traced_ops(16)

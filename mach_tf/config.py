@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 
 LOSSES = ("softmax", "sigmoid")
 MERGES = ("prob", "logprob")
+OUTPUT_BIAS_INITS = ("zeros", "log_prior")
 FEATURE_NORMS = ("none", "l2")
 FEATURE_WEIGHTINGS = ("none", "idf")
 OPTIMIZERS = ("adam", "adam_rowwise", "adam_dense", "adamw", "sgd")
@@ -229,6 +230,13 @@ class MachConfig:
             when a trained run is loaded for inference (evaluation, export), never in
             training. Needs ``loss="softmax"`` and ``merge="logprob"`` (it is then a shift
             of the output layer's bias).
+        output_bias_init: Where each repetition's output bias starts training:
+            ``"log_prior"``, the bias a network without input would learn from the
+            training label counts (with the softmax loss the log of each bucket's share of
+            the labels; :func:`mach_tf.model.network.initial_output_bias`), so the first
+            steps need not learn the buckets' popularity; ``"zeros"`` (the default of a
+            config built field by field, and of runs made before this field existed).
+            :meth:`from_data` takes ``"log_prior"`` (docs/defaults.md).
         optimizer: ``"adam"`` (:class:`mach_tf.optimizers.SparseAdam`: Adam whose
             update of the sparse input kernel above ``DENSE_INPUT_MAX_FEATURES`` features
             is lazy, i.e. touches only the rows of the batch's features; exactly Adam
@@ -296,6 +304,7 @@ class MachConfig:
     loss: str = "softmax"
     merge: str = "logprob"
     popularity_penalty: float = 0.0
+    output_bias_init: str = "zeros"
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     row_wise_lr_factor: float = 10.0
@@ -339,6 +348,7 @@ class MachConfig:
         overrides.setdefault("hidden_units", default_hidden_units(num_features, num_examples,
                                                                   num_classes))
         overrides.setdefault("dropout", default_dropout(num_examples, num_classes))
+        overrides.setdefault("output_bias_init", "log_prior")
         overrides.setdefault("popularity_penalty", default_popularity_penalty(
             num_examples, num_classes, overrides.get("loss", cls.loss),
             overrides.get("merge", cls.merge)))
@@ -368,6 +378,7 @@ class MachConfig:
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", f"must be in [0, 1), got {self.dropout}")
         for field, allowed in (("loss", LOSSES), ("merge", MERGES),
+                               ("output_bias_init", OUTPUT_BIAS_INITS),
                                ("feature_norm", FEATURE_NORMS),
                                ("feature_weighting", FEATURE_WEIGHTINGS),
                                ("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES),

@@ -80,7 +80,8 @@ _HPARAMS = {"buckets": "num_buckets", "repetitions": "num_repetitions",
             "lr_schedule": "lr_schedule", "early_stopping_patience": "early_stopping_patience",
             "early_stopping_metric": "early_stopping_metric",
             "validation_fraction": "validation_fraction", "precision": "precision",
-            "shared_input_layer": "shared_input_layer"}
+            "shared_input_layer": "shared_input_layer",
+            "output_bias_init": "output_bias_init"}
 
 
 def _train_config(a):

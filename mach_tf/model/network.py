@@ -338,22 +338,62 @@ def stack(models: Sequence[MachModel]) -> MachModel:
 PRIOR_SMOOTHING = 0.5
 
 
-def bucket_prior(config: MachConfig, label_counts) -> np.ndarray | None:
-    """``[R, B]`` float32: ``-popularity_penalty * log Pi_r(b)``, ``Pi_r(b)`` the share of
-    the training labels (counts smoothed by :data:`PRIOR_SMOOTHING`) whose class falls in
-    bucket ``b`` of repetition ``r``; ``None`` when the penalty is 0 or the counts are
-    unknown."""
-    if not config.popularity_penalty or label_counts is None:
-        return None
+def bucket_shares(config: MachConfig, label_counts) -> np.ndarray:
+    """``[R, B]`` float64: ``Pi_r(b)``, the share of the training labels (counts smoothed by
+    :data:`PRIOR_SMOOTHING`) whose class falls in bucket ``b`` of repetition ``r``; a
+    bucket that holds no class has share 0.
+
+    Raises:
+        ValueError: for counts of another number of classes than the config's.
+    """
     counts = np.asarray(label_counts, np.float64)
     if counts.shape != (config.num_classes,):
         raise ValueError(f"label counts for {counts.shape[0]} classes, the config has "
                          f"{config.num_classes}")
     share = (counts + PRIOR_SMOOTHING) / (counts.sum() + PRIOR_SMOOTHING * counts.size)
     table = config.hash_family.table(config.num_classes)
-    freq = np.stack([np.bincount(row, weights=share, minlength=config.num_buckets)
+    return np.stack([np.bincount(row, weights=share, minlength=config.num_buckets)
                      for row in table])
+
+
+def bucket_prior(config: MachConfig, label_counts) -> np.ndarray | None:
+    """``[R, B]`` float32: ``-popularity_penalty * log Pi_r(b)`` (:func:`bucket_shares`);
+    ``None`` when the penalty is 0 or the counts are unknown."""
+    if not config.popularity_penalty or label_counts is None:
+        return None
+    freq = bucket_shares(config, label_counts)
     return (-config.popularity_penalty * np.log(np.maximum(freq, 1e-30))).astype(np.float32)
+
+
+#: A bucket that holds no class starts with the bias of a share this many times smaller
+#: than a uniform bucket's (``1 / B``): far below every real bucket, and finite.
+EMPTY_BUCKET_SHARE = 0.01
+
+
+def initial_output_bias(config: MachConfig, label_counts, num_examples: int) -> np.ndarray:
+    """``[R, B]`` float32: the output bias an input-free network would learn, where
+    ``config.output_bias_init == "log_prior"`` starts training.
+
+    With the softmax loss the target of an example is its labels' buckets as a
+    distribution, and the bias-only optimum is the log of each bucket's share of the
+    labels, ``log Pi_r(b)`` (:func:`bucket_shares`). With the sigmoid loss it is the log-odds
+    of a bucket holding at least one of an example's labels, ``1 - (1 - Pi_r(b))^L`` with
+    ``L`` the mean number of labels per example. A bucket that holds no class takes
+    :data:`EMPTY_BUCKET_SHARE` ``/ B``.
+
+    Args:
+        config: The run's config.
+        label_counts: ``[K]`` training frequency of every label.
+        num_examples: The number of training examples the counts come from.
+    """
+    floor = EMPTY_BUCKET_SHARE / config.num_buckets
+    share = np.maximum(bucket_shares(config, label_counts), floor)
+    if config.loss == "softmax":
+        return np.log(share).astype(np.float32)
+    per_example = float(np.sum(label_counts)) / max(1, int(num_examples))
+    hit = np.clip(-np.expm1(max(per_example, 1e-12) * np.log1p(-np.minimum(share, 1.0 - 1e-12))),
+                  floor, 1.0 - floor)
+    return (np.log(hit) - np.log1p(-hit)).astype(np.float32)
 
 
 def add_bucket_prior(model: MachModel, prior: np.ndarray) -> None:

@@ -27,18 +27,21 @@ import tensorflow as tf
 from mach_tf import rundir
 from mach_tf.config import MachConfig
 from mach_tf.errors import UnreadableCheckpointError
-from mach_tf.model.network import build_model, compile_model, split, stack
+from mach_tf.model.network import (add_bucket_prior, build_model, compile_model,
+                                   initial_output_bias, split, stack)
 from mach_tf.text.statistics import load_featurizer
 from mach_tf.training.callbacks import (GROUP_PREFIX, PREFIX, StopOnNonFiniteLoss, completed_scores,
                                         monitor_name, training_callbacks)
 from mach_tf.training.checkpoint import GroupCheckpoint, fit_resumable
 from mach_tf.training.feature_weights import run_feature_weights
 from mach_tf.training.pipeline import epochs_dataset
+from mach_tf.training.prepare import count_labels
 from mach_tf.training.progress import GroupProgress
 from mach_tf.training.tensorboard import EpochTensorBoard, reporting_callbacks
 from mach_tf.training.validation import (DataSplit, ValidationSample, data_split, load_sample,
                                          record_split, sample_budget, steps_per_epoch)
 from mach_tf.version import __version__
+from tfrecords_tools.manifest import Manifest
 from tfrecords_tools.verification import located_read_errors
 
 Log = Callable[[str], None]
@@ -74,8 +77,9 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
                 valid: str | None = None, run: str | None = None,
                 cache_dir: str | None = None, featurizer=None,
                 worker_cache: dict | None = None) -> GroupSetup:
-    """Prepares the training of ``model`` (holding ``repetitions``) and sets its feature
-    weights.
+    """Prepares the training of ``model`` (holding ``repetitions``): sets its feature
+    weights and, with ``output_bias_init="log_prior"``, its starting output bias (from
+    the training label counts, :func:`training_label_counts`).
 
     Args:
         model: The group's built :class:`~mach_tf.model.network.MachModel`.
@@ -85,7 +89,7 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
         valid: Separate validation data (else ``config.validation_fraction`` of ``train``).
         run: The run directory: its complete repetitions join the merged validation, and
             the split is recorded there. ``None`` for a model trained alone (the tuner).
-        cache_dir: Where the feature weights are kept (default ``run``).
+        cache_dir: Where the feature weights and label counts are kept (default ``run``).
         featurizer: The run's :class:`~mach_tf.text.TextFeaturizer` for text data.
         worker_cache: A dict a worker keeps across its groups, so the validation
             sample is read once and each complete repetition scored on it once
@@ -102,6 +106,9 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
             raise ValueError("feature weighting needs a run or cache directory")
         model.sparse_input.set_feature_weights(
             run_feature_weights(weights_dir, config, train, split.train_filter()))
+    if config.output_bias_init == "log_prior":
+        counts, num_examples = training_label_counts(train, config, weights_dir)
+        add_bucket_prior(model, initial_output_bias(config, counts, num_examples))
     cache = {} if worker_cache is None else worker_cache
     # Reading the sample scans the training data for held-out points: once per worker.
     samples = cache.setdefault("samples", {})
@@ -118,6 +125,20 @@ def setup_group(model, config: MachConfig, repetitions: Sequence[int], train: st
     steps = steps_per_epoch(split, config.batch_size)
     callbacks = training_callbacks(config, sample, repetitions, done, done_scores)
     return GroupSetup(split, sample, steps, callbacks, done)
+
+
+def training_label_counts(train: str, config: MachConfig,
+                          cache_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """``(counts [K], num_examples)`` of the training data: the ``label_counts.npy`` of
+    ``cache_dir`` (a run's, written by :func:`mach_tf.training.prepare.prepare_run`), else
+    counted in one pass and kept there."""
+    counts = rundir.load_label_counts(cache_dir) if cache_dir else None
+    if counts is not None:
+        return counts, Manifest.load(train).num_examples
+    counts, num_examples = count_labels(train, config.num_classes)
+    if cache_dir:
+        rundir.save_label_counts(cache_dir, counts)
+    return counts, num_examples
 
 
 def best_epoch_summary(history: dict, config: MachConfig, first_epoch: int = 0) -> dict:

@@ -190,3 +190,14 @@ def test_train_shares_a_groups_input_layer_when_asked(tmp_path, tiny_data):
     kernels = [rundir.load_repetition(str(run), r).input_layer.block(0)[0] for r in range(4)]
     assert (kernels[0] == kernels[1]).all() and (kernels[2] == kernels[3]).all()
     assert not (kernels[0] == kernels[2]).all()
+
+
+def test_output_bias_init_flag_reaches_the_config(tmp_path, tiny_data):
+    from mach_tf.cli.commands import _train_config
+    from mach_tf.cli.parser import build_parser
+
+    base = ["train", "--train", tiny_data["train"], "--model-dir", str(tmp_path / "run")]
+    parse = build_parser().parse_args
+    assert _train_config(parse(base)).output_bias_init == "log_prior"
+    assert _train_config(parse(base + ["--output-bias-init", "zeros"])).output_bias_init \
+        == "zeros"

@@ -171,6 +171,19 @@ def default_popularity_penalty(num_examples: int | None, num_classes: int | None
     return 0.0
 
 
+def default_output_bias_init(num_examples: int | None,
+                             num_classes: int | None = None) -> str:
+    """``"log_prior"`` below :data:`DEEP_MIN_EXAMPLES_PER_CLASS` training examples per class,
+    else ``"zeros"`` (docs/defaults.md, "The output layer's starting bias"): where classes
+    are rare the start from the label shares gained on both development splits measured
+    (+0.025 P@1 on the tagging-shaped set, +0.020 P@5 on seq_GO); from 5 per class on it
+    moved P@k only within the noise, and the epochs to the early stop both ways."""
+    if num_examples and num_classes and \
+            num_examples / num_classes < DEEP_MIN_EXAMPLES_PER_CLASS:
+        return "log_prior"
+    return "zeros"
+
+
 def default_epochs(num_examples: int | None, batch_size: int) -> int:
     """The epoch cap from N: enough epochs for about 4,000 optimizer steps, in [10, 60].
 
@@ -236,7 +249,8 @@ class MachConfig:
             the labels; :func:`mach_tf.model.network.initial_output_bias`), so the first
             steps need not learn the buckets' popularity; ``"zeros"`` (the default of a
             config built field by field, and of runs made before this field existed).
-            :meth:`from_data` takes ``"log_prior"`` (docs/defaults.md).
+            :meth:`from_data` takes :func:`default_output_bias_init`: ``"log_prior"`` below
+            5 training examples per class.
         optimizer: ``"adam"`` (:class:`mach_tf.optimizers.SparseAdam`: Adam whose
             update of the sparse input kernel above ``DENSE_INPUT_MAX_FEATURES`` features
             is lazy, i.e. touches only the rows of the batch's features; exactly Adam
@@ -348,7 +362,8 @@ class MachConfig:
         overrides.setdefault("hidden_units", default_hidden_units(num_features, num_examples,
                                                                   num_classes))
         overrides.setdefault("dropout", default_dropout(num_examples, num_classes))
-        overrides.setdefault("output_bias_init", "log_prior")
+        overrides.setdefault("output_bias_init", default_output_bias_init(num_examples,
+                                                                          num_classes))
         overrides.setdefault("popularity_penalty", default_popularity_penalty(
             num_examples, num_classes, overrides.get("loss", cls.loss),
             overrides.get("merge", cls.merge)))

@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-weighting", choices=("none", "idf"),
                    help="idf: tf-idf weights learned from the training data")
     t.add_argument("--output-bias-init", choices=("log_prior", "zeros"),
-                   help="where the output bias starts (default log_prior: each bucket's "
-                        "log share of the training labels)")
+                   help="where the output bias starts; log_prior: each bucket's log share "
+                        "of the training labels (default below 5 examples per class)")
     t.add_argument("--lr-schedule", choices=("constant", "plateau", "cosine"))
     t.add_argument("--early-stopping-patience", type=int,
                    help="epochs without merged validation improvement (0: off)")

@@ -198,6 +198,6 @@ def test_output_bias_init_flag_reaches_the_config(tmp_path, tiny_data):
 
     base = ["train", "--train", tiny_data["train"], "--model-dir", str(tmp_path / "run")]
     parse = build_parser().parse_args
-    assert _train_config(parse(base)).output_bias_init == "log_prior"
-    assert _train_config(parse(base + ["--output-bias-init", "zeros"])).output_bias_init \
-        == "zeros"
+    assert _train_config(parse(base)).output_bias_init == "zeros"  # 13 examples per class
+    assert _train_config(parse(base + ["--output-bias-init", "log_prior"])) \
+        .output_bias_init == "log_prior"

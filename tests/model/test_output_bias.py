@@ -23,9 +23,13 @@ def _shares(config, counts):
 
 
 def test_defaults_and_validation():
-    assert MachConfig.from_data(159, 1836, 4880).output_bias_init == "log_prior"
+    # below 5 training examples per class only (docs/defaults.md)
+    assert MachConfig.from_data(50_000, 20_000, 20_000).output_bias_init == "log_prior"
     assert MachConfig.from_data(50_000, 20_000, 20_000, loss="sigmoid").output_bias_init \
         == "log_prior"
+    assert MachConfig.from_data(4130, 529, 2568).output_bias_init == "log_prior"  # seq_GO
+    assert MachConfig.from_data(159, 1836, 4880).output_bias_init == "zeros"  # 31 per class
+    assert MachConfig.from_data(50_000, 20_000).output_bias_init == "zeros"  # N unknown
     built = MachConfig(num_classes=10, num_features=5, num_buckets=4, num_repetitions=2)
     assert built.output_bias_init == "zeros"
     old = built.to_dict()
